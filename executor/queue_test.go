@@ -1,0 +1,99 @@
+package executor
+
+import (
+	"testing"
+	"time"
+)
+
+func TestQueueEarliestDeadlineFirst(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	tests := []struct {
+		name      string
+		deadlines []int // seconds after base, in arrival order
+		remove    []int // arrival indexes taken out before popping
+		want      []int // arrival indexes in pop order
+	}{
+		{name: "sorted", deadlines: []int{1, 2, 3}, want: []int{0, 1, 2}},
+		{name: "reversed", deadlines: []int{3, 2, 1}, want: []int{2, 1, 0}},
+		{name: "ties keep arrival order", deadlines: []int{5, 1, 5, 1}, want: []int{1, 3, 0, 2}},
+		{name: "remove head", deadlines: []int{1, 2, 3}, remove: []int{0}, want: []int{1, 2}},
+		{name: "remove middle", deadlines: []int{4, 1, 3, 2}, remove: []int{3}, want: []int{1, 2, 0}},
+		{name: "remove all", deadlines: []int{2, 1}, remove: []int{0, 1}, want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var q jobQueue
+			jobs := make([]*job, len(tt.deadlines))
+			for i, d := range tt.deadlines {
+				jobs[i] = &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1}
+				q.push(jobs[i])
+			}
+			for _, r := range tt.remove {
+				if !q.remove(jobs[r]) {
+					t.Fatalf("remove(job %d) = false; want true", r)
+				}
+				if q.remove(jobs[r]) {
+					t.Fatalf("second remove(job %d) = true; want false", r)
+				}
+			}
+			var got []int
+			for q.Len() > 0 {
+				j := q.pop()
+				for i := range jobs {
+					if jobs[i] == j {
+						got = append(got, i)
+					}
+				}
+				if j.index != -1 {
+					t.Fatalf("popped job index = %d; want -1", j.index)
+				}
+			}
+			if len(got) != len(tt.want) {
+				t.Fatalf("pop order = %v; want %v", got, tt.want)
+			}
+			for i := range got {
+				if got[i] != tt.want[i] {
+					t.Fatalf("pop order = %v; want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestQueueAhead(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	var q jobQueue
+	for _, d := range []int{3, 1, 2, 2} {
+		q.push(&job{deadline: base.Add(time.Duration(d) * time.Second), index: -1})
+	}
+	tests := []struct {
+		deadline int
+		seq      uint64
+		want     int
+	}{
+		{deadline: 0, seq: 99, want: 0},
+		{deadline: 2, seq: 3, want: 1}, // the job with deadline 1 only
+		{deadline: 2, seq: 4, want: 2}, // and the earlier arrival with deadline 2
+		{deadline: 9, seq: 99, want: 4},
+	}
+	for _, tt := range tests {
+		if got := q.ahead(base.Add(time.Duration(tt.deadline)*time.Second), tt.seq); got != tt.want {
+			t.Errorf("ahead(%ds, seq %d) = %d; want %d", tt.deadline, tt.seq, got, tt.want)
+		}
+	}
+}
+
+func TestRestartBackoff(t *testing.T) {
+	tests := []struct {
+		failures int
+		want     time.Duration
+	}{
+		{1, 100 * time.Millisecond}, {2, 200 * time.Millisecond}, {4, 800 * time.Millisecond},
+		{8, 10 * time.Second}, {50, 10 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := restartBackoff(tt.failures); got != tt.want {
+			t.Errorf("restartBackoff(%d) = %v; want %v", tt.failures, got, tt.want)
+		}
+	}
+}

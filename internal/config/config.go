@@ -1,0 +1,132 @@
+// Package config is the one place where hourglassd's settings are declared,
+// given defaults, loaded from YAML and validated. Every default is visible in
+// Default; every key a YAML file may use is a field below.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is hourglassd's whole configuration.
+type Config struct {
+	// Listen is the TCP address of the gRPC server.
+	Listen   string   `yaml:"listen"`
+	Workers  Workers  `yaml:"workers"`
+	Timeouts Timeouts `yaml:"timeouts"`
+	Queue    Queue    `yaml:"queue"`
+	Limits   Limits   `yaml:"limits"`
+}
+
+// Workers configures the worker processes.
+type Workers struct {
+	// Count is the number of worker processes.
+	Count int `yaml:"count"`
+	// Command is the worker program and its arguments. Empty means the
+	// built-in CPU worker, hourglass-worker, found next to the hourglassd
+	// executable or on PATH. The executor appends --socket PATH.
+	Command []string `yaml:"command"`
+}
+
+// Timeouts are the deadlines hourglassd applies.
+type Timeouts struct {
+	// Default is the deadline of a call that carries none (the seed's
+	// generation_timeout).
+	Default time.Duration `yaml:"default"`
+	// Max caps every call's deadline, the caller's included.
+	Max time.Duration `yaml:"max"`
+	// CancelGrace is how long a worker has to become idle after its job
+	// was cancelled before its process group is killed.
+	CancelGrace time.Duration `yaml:"cancel_grace"`
+	// WorkerStart bounds how long a worker process may take to serve.
+	WorkerStart time.Duration `yaml:"worker_start"`
+}
+
+// Queue configures the queue of jobs waiting for a worker.
+type Queue struct {
+	// Max is the most jobs that may wait; one more is refused with
+	// RESOURCE_EXHAUSTED.
+	Max int `yaml:"max"`
+}
+
+// Limits bound what one request may ask for.
+type Limits struct {
+	// MaxCostPixelSteps is the ceiling of width × height × steps ×
+	// image_count for one request, so one request cannot ask for hours.
+	MaxCostPixelSteps uint64 `yaml:"max_cost_pixel_steps"`
+}
+
+// Default returns the configuration used when nothing overrides it.
+func Default() Config {
+	return Config{
+		Listen:  "127.0.0.1:50051",
+		Workers: Workers{Count: 2},
+		Timeouts: Timeouts{
+			Default:     60 * time.Second,
+			Max:         10 * time.Minute,
+			CancelGrace: 2 * time.Second,
+			WorkerStart: 30 * time.Second,
+		},
+		Queue: Queue{Max: 256},
+		// 2048×2048 at 150 steps, or 1024×1024 × 30 steps × 32 images,
+		// both fit; anything larger is refused at once.
+		Limits: Limits{MaxCostPixelSteps: 1 << 30},
+	}
+}
+
+// Load reads a YAML file over the defaults. An unknown key is an error that
+// names it, so a typo never silently leaves a default in place.
+func Load(path string) (Config, error) {
+	cfg := Default()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("read config: %w", err)
+	}
+	if err := decodeStrict(data, &cfg); err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, cfg.Validate()
+}
+
+func decodeStrict(data []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil // an empty file keeps every default
+		}
+		return err
+	}
+	return nil
+}
+
+// Validate reports the first setting that cannot work, naming its key.
+func (c Config) Validate() error {
+	switch {
+	case c.Listen == "":
+		return errors.New("listen: must not be empty")
+	case c.Workers.Count < 1 || c.Workers.Count > 256:
+		return fmt.Errorf("workers.count: %d is outside 1..256", c.Workers.Count)
+	case c.Timeouts.Default <= 0:
+		return fmt.Errorf("timeouts.default: %v must be positive", c.Timeouts.Default)
+	case c.Timeouts.Max <= 0:
+		return fmt.Errorf("timeouts.max: %v must be positive", c.Timeouts.Max)
+	case c.Timeouts.Default > c.Timeouts.Max:
+		return fmt.Errorf("timeouts.default: %v is longer than timeouts.max %v", c.Timeouts.Default, c.Timeouts.Max)
+	case c.Timeouts.CancelGrace <= 0:
+		return fmt.Errorf("timeouts.cancel_grace: %v must be positive", c.Timeouts.CancelGrace)
+	case c.Timeouts.WorkerStart <= 0:
+		return fmt.Errorf("timeouts.worker_start: %v must be positive", c.Timeouts.WorkerStart)
+	case c.Queue.Max < 0:
+		return fmt.Errorf("queue.max: %d must not be negative", c.Queue.Max)
+	case c.Limits.MaxCostPixelSteps == 0:
+		return errors.New("limits.max_cost_pixel_steps: must be positive")
+	}
+	return nil
+}
