@@ -17,7 +17,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build test lint generate check-generated run clean tools
+.PHONY: all build test lint generate check-generated run clean tools demo
 
 all: build
 
@@ -68,3 +68,8 @@ $(BIN)/staticcheck:
 
 clean:
 	rm -rf bin .build
+
+# Starts the service with the built-in CPU workers, runs one real
+# generation through the CLI, and stops the service.
+demo: build
+	scripts/demo.sh
