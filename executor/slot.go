@@ -343,7 +343,7 @@ func (e *Executor) classify(s *slot, j *job, err error) (outcome, error) {
 		case <-time.After(e.cfg.CancelGrace):
 		}
 		return workerCrashed, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
-			Msg: fmt.Sprintf("worker %s died after %d of %d steps; safe to retry with the same seed", s.id, done, j.stepsTotal),
+			Msg:   fmt.Sprintf("worker %s died after %d of %d steps; safe to retry with the same seed", s.id, done, j.stepsTotal),
 			Cause: exitCause(s.proc, err)}
 	default:
 		return workerIdle, &Error{Kind: KindInternal, Msg: "worker failed: " + st.Message(), Cause: err}

@@ -9,9 +9,9 @@ import (
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
+	"github.com/hourglass-dev/hourglass/executor"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
-	"github.com/hourglass-dev/hourglass/executor"
 )
 
 // Request defaults. The proto documents the same values; a worker never

@@ -11,8 +11,8 @@ import (
 	"runtime/debug"
 
 	"buf.build/go/protovalidate"
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	grpcvalidate "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -20,8 +20,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
-	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	"github.com/hourglass-dev/hourglass/executor"
+	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	"github.com/hourglass-dev/hourglass/internal/config"
 )
 

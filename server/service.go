@@ -12,9 +12,9 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/hourglass-dev/hourglass/executor"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
-	"github.com/hourglass-dev/hourglass/executor"
 	"github.com/hourglass-dev/hourglass/internal/config"
 )
 
