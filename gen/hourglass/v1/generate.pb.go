@@ -917,7 +917,7 @@ func (x *Limits) GetMaxQueue() uint32 {
 // WorkerInfo describes one worker process.
 type WorkerInfo struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Stable slot name, such as "w0".
+	// Stable slot name, such as "w0"; spares are named "spare0", ...
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Current state.
 	State WorkerState `protobuf:"varint,2,opt,name=state,proto3,enum=hourglass.v1.WorkerState" json:"state,omitempty"`
@@ -927,8 +927,11 @@ type WorkerInfo struct {
 	Device string `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
 	// Jobs this slot completed.
 	JobsDone uint64 `protobuf:"varint,5,opt,name=jobs_done,json=jobsDone,proto3" json:"jobs_done,omitempty"`
-	// Times this slot's process was restarted.
-	Restarts      uint32 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// Times this slot's process was replaced (killed, crashed).
+	Restarts uint32 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// A hot spare: a started worker that takes no jobs until a slot's worker
+	// dies, then takes over at once.
+	Spare         bool `protobuf:"varint,7,opt,name=spare,proto3" json:"spare,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1003,6 +1006,13 @@ func (x *WorkerInfo) GetRestarts() uint32 {
 		return x.Restarts
 	}
 	return 0
+}
+
+func (x *WorkerInfo) GetSpare() bool {
+	if x != nil {
+		return x.Spare
+	}
+	return false
 }
 
 // GetServerInfoResponse describes the server.
@@ -1401,7 +1411,7 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x0fdefault_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0edefaultTimeout\x12:\n" +
 	"\vmax_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxTimeout\x12\x1b\n" +
-	"\tmax_queue\x18\x04 \x01(\rR\bmaxQueue\"\xb0\x01\n" +
+	"\tmax_queue\x18\x04 \x01(\rR\bmaxQueue\"\xc6\x01\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
@@ -1409,7 +1419,8 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x16\n" +
 	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1b\n" +
 	"\tjobs_done\x18\x05 \x01(\x04R\bjobsDone\x12\x1a\n" +
-	"\brestarts\x18\x06 \x01(\rR\brestarts\"\xf9\x01\n" +
+	"\brestarts\x18\x06 \x01(\rR\brestarts\x12\x14\n" +
+	"\x05spare\x18\a \x01(\bR\x05spare\"\xf9\x01\n" +
 	"\x15GetServerInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12+\n" +
 	"\x06models\x18\x02 \x03(\v2\x13.hourglass.v1.ModelR\x06models\x12\x16\n" +
