@@ -123,8 +123,12 @@ func TestGenerateStreamEvents(t *testing.T) {
 	}
 }
 
+// noAdmission lets a hopeless job run, so that the deadline ends it mid-run
+// rather than admission refusing it up front.
+const noAdmission = "admission:\n  enabled: false\n"
+
 func TestCallerDeadlineMidRun(t *testing.T) {
-	d := startDaemon(t, "", "--workers", "1")
+	d := startDaemon(t, noAdmission, "--workers", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	start := time.Now()
@@ -150,7 +154,7 @@ func TestCallerDeadlineMidRun(t *testing.T) {
 }
 
 func TestServerDefaultDeadline(t *testing.T) {
-	d := startDaemon(t, "timeouts:\n  default: 300ms\n", "--workers", "1")
+	d := startDaemon(t, noAdmission+"timeouts:\n  default: 300ms\n", "--workers", "1")
 	start := time.Now()
 	// No deadline on the call: the server's default must end it.
 	_, err := d.client.Generate(context.Background(), heavyRequest())

@@ -29,6 +29,12 @@ const (
 	KindInvalid
 	// KindUnavailable: the executor is shutting down or has no workers.
 	KindUnavailable
+	// KindTooLate: admission refused the job because its estimated run
+	// time on an idle worker exceeds the time left before its deadline.
+	KindTooLate
+	// KindOverloaded: admission refused the job because the estimated
+	// queue wait plus run time exceeds the time left.
+	KindOverloaded
 )
 
 var kindNames = map[Kind]string{
@@ -40,6 +46,8 @@ var kindNames = map[Kind]string{
 	KindOutOfMemory:   "out_of_memory",
 	KindInvalid:       "invalid",
 	KindUnavailable:   "unavailable",
+	KindTooLate:       "too_late",
+	KindOverloaded:    "overloaded",
 }
 
 func (k Kind) String() string {
@@ -57,8 +65,12 @@ type Error struct {
 	Msg string
 	// StepsDone and StepsTotal say how far the job got.
 	StepsDone, StepsTotal uint32
-	// RetryAfter suggests when a retry may succeed (queue full), 0 if none.
+	// RetryAfter suggests when a retry may succeed (queue full,
+	// overloaded), 0 if none.
 	RetryAfter time.Duration
+	// Estimate and Remaining explain an admission refusal: the predicted
+	// run time and the time that was left before the deadline.
+	Estimate, Remaining time.Duration
 	// Cause is the underlying error, for logs.
 	Cause error
 }

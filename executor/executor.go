@@ -1,14 +1,19 @@
 // Package executor runs generation jobs on a pool of supervised worker
-// processes. It owns admission to a bounded, earliest-deadline-first queue,
-// dispatch of one job per idle worker over a Unix-socket gRPC connection,
-// and the life of every worker process. It returns typed outcomes (*Error);
-// mapping them to gRPC statuses is the server's business.
+// processes. It owns admission (can the job finish before its deadline?), a
+// bounded earliest-deadline-first queue, dispatch of one job per idle worker
+// over a Unix-socket gRPC connection, and the life of every worker process:
+// start, heartbeat, cancel, kill, respawn, hot spares, crash-loop backoff.
+// It returns typed outcomes (*Error); mapping them to gRPC statuses is the
+// server's business.
 //
-// The promise it keeps: Run returns when the job's context ends, at the
-// deadline, never later because a worker is slow. The worker call is
-// cancelled at the same moment; a worker that does not become idle within
-// the cancel grace is killed, process group and all, and replaced. A slot
-// never gets a new job before its worker is known idle or replaced.
+// The promises it keeps:
+//   - Run returns when the job's context ends, at the deadline, never later
+//     because a worker is slow or a queue is long.
+//   - The worker call is cancelled at that moment; a worker that is not idle
+//     within the cancel grace is SIGKILLed with its whole process group,
+//     reaped, and replaced (by a hot spare at once when one is ready).
+//   - A slot never gets a new job before its worker is known idle or has
+//     been replaced.
 package executor
 
 import (
@@ -18,7 +23,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,8 +33,10 @@ import (
 
 // Config is what the executor needs; hourglassd fills it from its config.
 type Config struct {
-	// Workers is the number of worker processes.
+	// Workers is the number of worker slots that take jobs.
 	Workers int
+	// Spares is the number of hot spare processes kept started.
+	Spares int
 	// Command is the worker program and its arguments; the executor appends
 	// "--socket PATH" and sets HOURGLASS_WORKER_SOCKET.
 	Command []string
@@ -39,10 +45,27 @@ type Config struct {
 	// CancelGrace is how long a worker has to become idle after its job was
 	// cancelled before its process group is killed.
 	CancelGrace time.Duration
+	// Heartbeat is how long a busy worker may stay silent before it is
+	// treated as wedged.
+	Heartbeat time.Duration
 	// WorkerStart bounds how long a worker may take to serve its socket.
 	WorkerStart time.Duration
 	// StopGrace is how long a worker has to exit after SIGTERM at shutdown.
 	StopGrace time.Duration
+	// Admission refuses jobs that cannot meet their deadline and orders the
+	// queue by deadline. Off: FIFO, everything admitted (benchmarks only).
+	Admission bool
+	// SecondsPerMegapixelStep and Overhead seed the run-time estimate; a
+	// zero rate means calibrate on a worker at start-up.
+	SecondsPerMegapixelStep float64
+	Overhead                time.Duration
+	// Cancellation cancels worker calls whose caller is gone. Off: a job
+	// runs to completion once queued (benchmarks only).
+	Cancellation bool
+	// OnServingChange, if set, is called (under the executor's lock; it
+	// must not call back into the executor) when the pool gains its first
+	// live worker or loses its last.
+	OnServingChange func(serving bool)
 	// WorkerLogs receives the workers' stdout and stderr (default os.Stderr).
 	WorkerLogs io.Writer
 	// Logger receives the executor's own logs (default slog.Default()).
@@ -52,6 +75,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.CancelGrace <= 0 {
 		c.CancelGrace = 2 * time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 30 * time.Second
 	}
 	if c.WorkerStart <= 0 {
 		c.WorkerStart = 30 * time.Second
@@ -111,19 +137,26 @@ type Executor struct {
 	cfg Config
 	log *slog.Logger
 	dir string // private 0700 runtime directory holding the sockets
+	est *estimator
 
-	mu      sync.Mutex
-	slots   []*slot
-	queue   jobQueue
-	closed  bool
-	catalog Catalog
+	mu             sync.Mutex
+	slots          []*slot
+	spares         []*workerProc
+	sparesStarting int
+	spawned        int // processes ever started, names the next socket
+	queue          jobQueue
+	closed         bool
+	serving        bool
+	catalog        Catalog
 
 	stop chan struct{} // closed by Close: ends restarts and backoffs
 	wg   sync.WaitGroup
 }
 
-// New creates the runtime directory and starts every worker, returning once
-// all serve their sockets (or the first fails, in which case all are stopped).
+// New creates the runtime directory, starts every worker and spare, and
+// calibrates the run-time estimate, returning once all slots serve (or the
+// first fails, in which case everything is stopped: a worker command that
+// cannot start is a configuration error, better reported than retried).
 func New(ctx context.Context, cfg Config) (*Executor, error) {
 	cfg.setDefaults()
 	if cfg.Workers < 1 {
@@ -138,27 +171,74 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("executor: create runtime dir: %w", err)
 	}
-	e := &Executor{cfg: cfg, log: cfg.Logger, dir: dir, stop: make(chan struct{})}
+	e := &Executor{
+		cfg: cfg, log: cfg.Logger, dir: dir, stop: make(chan struct{}),
+		est:   newEstimator(cfg.SecondsPerMegapixelStep, cfg.Overhead),
+		queue: jobQueue{fifo: !cfg.Admission},
+	}
 	for i := range cfg.Workers {
-		id := fmt.Sprintf("w%d", i)
-		e.slots = append(e.slots, &slot{id: id, socket: filepath.Join(dir, id+".sock"), state: StateStarting})
+		e.slots = append(e.slots, &slot{id: fmt.Sprintf("w%d", i), state: StateStarting})
 	}
 
-	errs := make(chan error, len(e.slots))
-	for _, s := range e.slots {
-		go func() { errs <- e.startSlot(ctx, s) }()
+	type started struct {
+		w   *workerProc
+		err error
+	}
+	results := make(chan started, len(e.slots))
+	for range e.slots {
+		go func() {
+			w, err := e.spawn(ctx)
+			results <- started{w, err}
+		}()
 	}
 	var first error
-	for range e.slots {
-		if err := <-errs; err != nil && first == nil {
-			first = err
+	for _, s := range e.slots {
+		r := <-results
+		if r.err != nil {
+			first = cmpErr(first, r.err)
+			continue
 		}
+		e.mu.Lock()
+		s.w, s.state = r.w, StateReady
+		e.mu.Unlock()
 	}
 	if first != nil {
 		e.Close()
 		return nil, first
 	}
+	e.catalog = catalogOf(e.slots[0].w.desc)
+	if cfg.Admission && cfg.SecondsPerMegapixelStep == 0 {
+		if err := e.calibrate(ctx, e.slots[0].w); err != nil {
+			e.Close()
+			return nil, err
+		}
+	}
+	e.mu.Lock()
+	e.refillSparesLocked()
+	e.changedLocked()
+	e.mu.Unlock()
 	return e, nil
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+func catalogOf(d *workerv1.DescribeResponse) Catalog {
+	c := Catalog{Styles: append([]string(nil), d.GetStyles()...), Device: d.GetDevice()}
+	for _, m := range d.GetModels() {
+		c.Models = append(c.Models, m.GetName())
+		if m.GetDefault() {
+			c.DefaultModel = m.GetName()
+		}
+	}
+	if c.DefaultModel == "" && len(c.Models) > 0 {
+		c.DefaultModel = c.Models[0]
+	}
+	return c
 }
 
 // Catalog returns the models and styles the workers offer.
@@ -168,8 +248,13 @@ func (e *Executor) Catalog() Catalog {
 	return e.catalog
 }
 
-// Run queues a job and waits for its result. It returns when the job
-// finished, or as soon as ctx ends: at the deadline with a KindDeadline
+// Estimate is the predicted run time of a job on an idle worker.
+func (e *Executor) Estimate(spec *workerv1.Job) time.Duration {
+	return e.est.estimate(spec.GetModel(), megapixelSteps(spec))
+}
+
+// Run admits a job, queues it and waits for its result. It returns when the
+// job finished, or as soon as ctx ends: at the deadline with a KindDeadline
 // error, on cancellation with KindCanceled, never waiting for the worker.
 // ctx must carry a deadline. onEvent, if not nil, is called on Run's own
 // goroutine, in order, and never after Run returns.
@@ -181,12 +266,12 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, onEvent func(Eve
 	if onEvent == nil {
 		onEvent = func(Event) {}
 	}
-	steps := spec.GetSteps() * spec.GetImageCount()
 	j := &job{
 		ctx:        ctx,
 		spec:       spec,
 		deadline:   deadline,
-		stepsTotal: steps,
+		stepsTotal: spec.GetSteps() * spec.GetImageCount(),
+		estimate:   e.Estimate(spec),
 		enqueued:   time.Now(),
 		index:      -1,
 		events:     make(chan Event, 16),
@@ -196,21 +281,15 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, onEvent func(Eve
 	defer close(j.gone)
 
 	e.mu.Lock()
-	if e.closed {
+	if err := e.admitLocked(j); err != nil {
 		e.mu.Unlock()
-		return nil, &Error{Kind: KindUnavailable, Msg: "server is shutting down"}
-	}
-	if e.idleSlotLocked() == nil && e.queue.Len() >= e.cfg.QueueMax {
-		depth := e.queue.Len()
-		e.mu.Unlock()
-		return nil, &Error{Kind: KindQueueFull, RetryAfter: time.Second,
-			Msg: fmt.Sprintf("queue full: %d jobs waiting, limit %d", depth, e.cfg.QueueMax)}
+		return nil, err
 	}
 	e.queue.push(j)
 	e.dispatchLocked()
 	position := -1
 	if j.index >= 0 {
-		position = e.queue.ahead(j.deadline, j.seq)
+		position = e.queue.ahead(j)
 	}
 	e.mu.Unlock()
 	if position >= 0 {
@@ -231,17 +310,19 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, onEvent func(Eve
 				return j.result, j.err
 			default:
 			}
-			e.mu.Lock()
-			e.queue.remove(j)
-			e.mu.Unlock()
+			if e.cfg.Cancellation {
+				e.mu.Lock()
+				e.queue.remove(j)
+				e.mu.Unlock()
+			}
 			return nil, j.abandoned()
 		}
 	}
 }
 
-// Close fails queued jobs, stops every worker (SIGTERM, then SIGKILL of its
-// process group after StopGrace), waits for the executor's goroutines and
-// removes the runtime directory. Safe to call more than once.
+// Close fails queued jobs, stops every worker and spare (SIGTERM, then
+// SIGKILL of its process group after StopGrace), waits for the executor's
+// goroutines and removes the runtime directory. Safe to call more than once.
 func (e *Executor) Close() {
 	e.mu.Lock()
 	if e.closed {
@@ -254,10 +335,11 @@ func (e *Executor) Close() {
 	for e.queue.Len() > 0 {
 		queued = append(queued, e.queue.pop())
 	}
-	procs := make([]*process, 0, len(e.slots))
+	workers := append([]*workerProc(nil), e.spares...)
+	e.spares = nil
 	for _, s := range e.slots {
-		if s.proc != nil {
-			procs = append(procs, s.proc)
+		if s.w != nil {
+			workers = append(workers, s.w)
 		}
 		s.state = StateStopped
 	}
@@ -267,17 +349,12 @@ func (e *Executor) Close() {
 		j.finish(nil, &Error{Kind: KindUnavailable, Msg: "server is shutting down"})
 	}
 	var wg sync.WaitGroup
-	for _, p := range procs {
+	for _, w := range workers {
 		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(e.cfg.StopGrace) }()
+		go func() { defer wg.Done(); w.stop(e.cfg.StopGrace) }()
 	}
 	wg.Wait()
 	e.wg.Wait()
-	for _, s := range e.slots {
-		if s.conn != nil {
-			_ = s.conn.Close()
-		}
-	}
 	if err := os.RemoveAll(e.dir); err != nil {
 		e.log.Warn("remove runtime dir", "dir", e.dir, "err", err)
 	}
@@ -289,6 +366,7 @@ type job struct {
 	spec       *workerv1.Job
 	deadline   time.Time
 	stepsTotal uint32
+	estimate   time.Duration // predicted run time on an idle worker
 	enqueued   time.Time
 	index      int    // position in the queue heap, -1 when not queued
 	seq        uint64 // arrival order, breaks deadline ties

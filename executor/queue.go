@@ -1,9 +1,6 @@
 package executor
 
-import (
-	"container/heap"
-	"time"
-)
+import "container/heap"
 
 // jobQueue orders waiting jobs earliest deadline first, ties in arrival
 // order. A job whose deadline is nearest has the least slack, and running it
@@ -12,13 +9,17 @@ import (
 type jobQueue struct {
 	items []*job
 	seq   uint64
+	// fifo orders by arrival only: the naive pool benchmarks compare with.
+	fifo bool
 }
 
 func (q *jobQueue) Len() int { return len(q.items) }
 
-func (q *jobQueue) Less(i, j int) bool {
-	a, b := q.items[i], q.items[j]
-	if !a.deadline.Equal(b.deadline) {
+func (q *jobQueue) Less(i, j int) bool { return q.before(q.items[i], q.items[j]) }
+
+// before reports whether a runs before b.
+func (q *jobQueue) before(a, b *job) bool {
+	if !q.fifo && !a.deadline.Equal(b.deadline) {
 		return a.deadline.Before(b.deadline)
 	}
 	return a.seq < b.seq
@@ -63,12 +64,12 @@ func (q *jobQueue) remove(j *job) bool {
 	return true
 }
 
-// ahead counts the jobs that will run before one with this deadline and
-// sequence number. O(n), which is fine for a bounded queue.
-func (q *jobQueue) ahead(deadline time.Time, seq uint64) int {
+// ahead counts the queued jobs that run before j. O(n), which is fine for
+// a bounded queue.
+func (q *jobQueue) ahead(j *job) int {
 	n := 0
 	for _, o := range q.items {
-		if o.deadline.Before(deadline) || (o.deadline.Equal(deadline) && o.seq < seq) {
+		if o != j && q.before(o, j) {
 			n++
 		}
 	}

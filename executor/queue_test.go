@@ -62,24 +62,30 @@ func TestQueueEarliestDeadlineFirst(t *testing.T) {
 
 func TestQueueAhead(t *testing.T) {
 	base := time.Unix(1_700_000_000, 0)
-	var q jobQueue
-	for _, d := range []int{3, 1, 2, 2} {
-		q.push(&job{deadline: base.Add(time.Duration(d) * time.Second), index: -1})
-	}
 	tests := []struct {
-		deadline int
-		seq      uint64
-		want     int
+		name      string
+		fifo      bool
+		deadlines []int // seconds after base, in arrival order
+		want      []int // jobs ahead of each
 	}{
-		{deadline: 0, seq: 99, want: 0},
-		{deadline: 2, seq: 3, want: 1}, // the job with deadline 1 only
-		{deadline: 2, seq: 4, want: 2}, // and the earlier arrival with deadline 2
-		{deadline: 9, seq: 99, want: 4},
+		{name: "earliest deadline first", deadlines: []int{3, 1, 2, 2}, want: []int{3, 0, 1, 2}},
+		{name: "fifo ignores deadlines", fifo: true, deadlines: []int{3, 1, 2, 2}, want: []int{0, 1, 2, 3}},
 	}
 	for _, tt := range tests {
-		if got := q.ahead(base.Add(time.Duration(tt.deadline)*time.Second), tt.seq); got != tt.want {
-			t.Errorf("ahead(%ds, seq %d) = %d; want %d", tt.deadline, tt.seq, got, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			q := jobQueue{fifo: tt.fifo}
+			var jobs []*job
+			for _, d := range tt.deadlines {
+				j := &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1}
+				q.push(j)
+				jobs = append(jobs, j)
+			}
+			for i, j := range jobs {
+				if got := q.ahead(j); got != tt.want[i] {
+					t.Errorf("ahead(job %d) = %d; want %d", i, got, tt.want[i])
+				}
+			}
+		})
 	}
 }
 
@@ -92,8 +98,8 @@ func TestRestartBackoff(t *testing.T) {
 		{8, 10 * time.Second}, {50, 10 * time.Second},
 	}
 	for _, tt := range tests {
-		if got := restartBackoff(tt.failures); got != tt.want {
-			t.Errorf("restartBackoff(%d) = %v; want %v", tt.failures, got, tt.want)
+		if got := startBackoff(tt.failures); got != tt.want {
+			t.Errorf("startBackoff(%d) = %v; want %v", tt.failures, got, tt.want)
 		}
 	}
 }

@@ -7,11 +7,9 @@ import (
 	"io"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
@@ -36,32 +34,54 @@ var stateNames = map[State]string{
 
 func (s State) String() string { return stateNames[s] }
 
-// maxWorkerMessage bounds one worker→executor message: a 2048×2048 PNG
-// of noise can exceed grpc-go's default 4 MiB receive limit.
-const maxWorkerMessage = 256 << 20
+// Crash-loop policy: a slot whose worker died crashLoopDeaths times within
+// crashLoopWindow is held back before each further restart, 1 s doubling
+// per extra death up to crashLoopMaxDelay. Below that, a dead worker is
+// replaced at once (by a hot spare when one is ready).
+const (
+	crashLoopDeaths   = 5
+	crashLoopWindow   = 30 * time.Second
+	crashLoopMaxDelay = 30 * time.Second
+)
 
 // idlePollInterval is how often a cancelled worker is asked whether it is
 // idle. A Describe call on a Unix socket costs well under a millisecond.
 const idlePollInterval = 10 * time.Millisecond
 
-// slot is one worker position in the pool. Its fields are guarded by the
-// executor's mutex, except while a job goroutine owns the slot (state busy or
-// cancelling), when that goroutine alone uses proc and client.
+// errWedged ends a worker call whose worker sent nothing for the heartbeat.
+var errWedged = errors.New("worker sent no event within the heartbeat")
+
+// slot is one position in the pool: at most one job at a time, served by
+// one worker process, which is replaced when it dies. Fields are guarded by
+// the executor's mutex, except w while a job goroutine owns the slot
+// (busy or cancelling).
 type slot struct {
-	id     string
-	socket string
-	state  State
-	proc   *process
-	conn   *grpc.ClientConn
-	client workerv1.WorkerServiceClient
-	device string
+	id    string
+	state State
+	w     *workerProc // nil while starting or in backoff
+
+	job      *job // the running job, for the queue-wait estimate
+	jobStart time.Time
 
 	jobsDone uint64
 	restarts uint32
-	failures int // consecutive failed starts, for the restart backoff
+	deaths   []time.Time // within crashLoopWindow
 }
 
-// WorkerStatus is a snapshot of one slot, for GetServerInfo and health.
+// recentDeaths drops deaths older than the crash-loop window and counts
+// the rest.
+func (s *slot) recentDeaths(now time.Time) int {
+	keep := s.deaths[:0]
+	for _, d := range s.deaths {
+		if now.Sub(d) < crashLoopWindow {
+			keep = append(keep, d)
+		}
+	}
+	s.deaths = keep
+	return len(keep)
+}
+
+// WorkerStatus is a snapshot of one slot or spare.
 type WorkerStatus struct {
 	ID       string
 	State    State
@@ -69,105 +89,62 @@ type WorkerStatus struct {
 	Device   string
 	JobsDone uint64
 	Restarts uint32
+	Spare    bool
 }
 
 // Status is a snapshot of the pool.
 type Status struct {
 	Workers    []WorkerStatus
 	QueueDepth int
+	// Serving is true while at least one slot has a live worker.
+	Serving bool
 }
 
-// Status returns a snapshot of the workers and the queue.
+// Status returns a snapshot of the workers, the spares and the queue.
 func (e *Executor) Status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{QueueDepth: e.queue.Len()}
+	st := Status{QueueDepth: e.queue.Len(), Serving: e.servingLocked()}
 	for _, s := range e.slots {
-		ws := WorkerStatus{ID: s.id, State: s.state, Device: s.device, JobsDone: s.jobsDone, Restarts: s.restarts}
-		if s.proc != nil && s.proc.alive() {
-			ws.PID = s.proc.pid
+		ws := WorkerStatus{ID: s.id, State: s.state, JobsDone: s.jobsDone, Restarts: s.restarts}
+		if s.w != nil {
+			ws.PID, ws.Device = s.w.proc.pid, s.w.desc.GetDevice()
 		}
 		st.Workers = append(st.Workers, ws)
+	}
+	for i, w := range e.spares {
+		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", i), State: StateReady,
+			PID: w.proc.pid, Device: w.desc.GetDevice(), Spare: true})
+	}
+	for i := range e.sparesStarting {
+		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", len(e.spares)+i), State: StateStarting, Spare: true})
 	}
 	return st
 }
 
-// startSlot starts the slot's worker process and waits until it serves.
-func (e *Executor) startSlot(ctx context.Context, s *slot) error {
-	argv := append(append([]string(nil), e.cfg.Command...), "--socket", s.socket)
-	p, err := startProcess(argv, []string{"HOURGLASS_WORKER_SOCKET=" + s.socket}, e.cfg.WorkerLogs)
-	if err != nil {
-		return err
-	}
-	conn, err := grpc.NewClient("unix://"+s.socket,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxWorkerMessage)),
-		// The socket appears a few milliseconds after the process starts;
-		// grpc-go's default 1 s first backoff would make every start slow.
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 250 * time.Millisecond},
-			MinConnectTimeout: time.Second,
-		}))
-	if err != nil {
-		p.kill()
-		return fmt.Errorf("worker %s: dial %s: %w", s.id, s.socket, err)
-	}
-	client := workerv1.NewWorkerServiceClient(conn)
-
-	// Ready means serving: wait for Describe, but give up at once if the
-	// process exits or the executor closes.
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.WorkerStart)
-	defer cancel()
-	go func() {
-		select {
-		case <-p.exited:
-		case <-e.stop:
-		case <-ctx.Done():
+// servingLocked: some slot has a live worker (ready, busy or cancelling).
+func (e *Executor) servingLocked() bool {
+	for _, s := range e.slots {
+		switch s.state {
+		case StateReady, StateBusy, StateCancelling:
+			return true
 		}
-		cancel()
-	}()
-	desc, err := client.Describe(ctx, &workerv1.DescribeRequest{}, grpc.WaitForReady(true))
-	if err != nil {
-		p.kill()
-		_ = conn.Close()
-		if !p.alive() && p.waitErr != nil {
-			return fmt.Errorf("worker %s exited while starting (%v): %w", s.id, p.waitErr, err)
-		}
-		return fmt.Errorf("worker %s: not serving within %v: %w", s.id, e.cfg.WorkerStart, err)
 	}
-
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.closed {
-		p.kill()
-		_ = conn.Close()
-		return errors.New("executor closed while a worker started")
-	}
-	if s.conn != nil {
-		_ = s.conn.Close()
-	}
-	s.proc, s.conn, s.client, s.device = p, conn, client, desc.GetDevice()
-	s.state, s.failures = StateReady, 0
-	if len(e.catalog.Models) == 0 {
-		e.catalog = catalogOf(desc)
-	}
-	e.log.Info("worker ready", "worker", s.id, "pid", p.pid, "device", s.device)
-	e.dispatchLocked()
-	return nil
+	return false
 }
 
-func catalogOf(d *workerv1.DescribeResponse) Catalog {
-	c := Catalog{Styles: append([]string(nil), d.GetStyles()...), Device: d.GetDevice()}
-	for _, m := range d.GetModels() {
-		c.Models = append(c.Models, m.GetName())
-		if m.GetDefault() {
-			c.DefaultModel = m.GetName()
+// changedLocked reports health changes to the server after any slot moved.
+func (e *Executor) changedLocked() {
+	if e.closed {
+		return
+	}
+	serving := e.servingLocked()
+	if serving != e.serving {
+		e.serving = serving
+		if e.cfg.OnServingChange != nil {
+			e.cfg.OnServingChange(serving)
 		}
 	}
-	if c.DefaultModel == "" && len(c.Models) > 0 {
-		c.DefaultModel = c.Models[0]
-	}
-	return c
 }
 
 func (e *Executor) idleSlotLocked() *slot {
@@ -179,7 +156,7 @@ func (e *Executor) idleSlotLocked() *slot {
 	return nil
 }
 
-// dispatchLocked hands queued jobs, earliest deadline first, to idle slots.
+// dispatchLocked hands queued jobs to idle slots in queue order.
 func (e *Executor) dispatchLocked() {
 	for e.queue.Len() > 0 && !e.closed {
 		s := e.idleSlotLocked()
@@ -187,12 +164,12 @@ func (e *Executor) dispatchLocked() {
 			return
 		}
 		j := e.queue.pop()
-		if j.ctx.Err() != nil {
+		if e.cfg.Cancellation && j.ctx.Err() != nil {
 			continue // its Run is answering already; don't touch a worker
 		}
-		s.state = StateBusy
+		s.state, s.job, s.jobStart = StateBusy, j, time.Now()
 		e.wg.Add(1)
-		go e.runJob(s, j)
+		go e.runJob(s, s.w, j)
 	}
 }
 
@@ -200,42 +177,46 @@ func (e *Executor) dispatchLocked() {
 type outcome int
 
 const (
-	workerIdle    outcome = iota // the worker finished or refused the job and is idle
+	workerIdle    outcome = iota // finished or refused the job and is idle
 	workerCancel                 // the call was cancelled: wait for idle, else kill
 	workerCrashed                // the process died or must be replaced
 )
 
-// runJob runs j on s and then frees or replaces the worker.
-func (e *Executor) runJob(s *slot, j *job) {
+// runJob runs j on the slot's worker w, then frees or replaces the worker.
+func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 	defer e.wg.Done()
 	start := time.Now()
 	j.send(Event{Kind: EventStarted, WorkerID: s.id})
-	images, out, err := e.call(s, j)
-	res := &Result{
-		Images: images, QueueWait: start.Sub(j.enqueued), RunTime: time.Since(start),
-		StepsDone: j.stepsDone.Load(), StepsTotal: j.stepsTotal, WorkerID: s.id,
-	}
-	if err != nil {
-		res = nil
+	images, out, err := e.call(s, w, j)
+	took := time.Since(start)
+	var res *Result
+	if err == nil {
+		res = &Result{Images: images, QueueWait: start.Sub(j.enqueued), RunTime: took,
+			StepsDone: j.stepsDone.Load(), StepsTotal: j.stepsTotal, WorkerID: s.id}
+		e.est.observe(j.spec.GetModel(), megapixelSteps(j.spec), took)
 	}
 	j.finish(res, err)
 
 	if out == workerCancel {
 		e.setState(s, StateCancelling)
-		if e.waitIdle(s) {
+		e.log.Info("job cancelled; waiting for the worker to stop", "job", j.spec.GetId(), "worker", s.id, "grace", e.cfg.CancelGrace)
+		if e.waitIdle(w) {
 			out = workerIdle
+		} else if w.proc.alive() {
+			e.log.Warn("worker did not stop within the cancel grace; killing its process group",
+				"job", j.spec.GetId(), "worker", s.id, "pid", w.proc.pid, "grace", e.cfg.CancelGrace)
+			out = workerCrashed
 		} else {
-			e.log.Warn("worker did not stop after cancel; killing its process group",
-				"worker", s.id, "pid", s.proc.pid, "grace", e.cfg.CancelGrace, "job", j.spec.GetId())
 			out = workerCrashed
 		}
 	}
 	e.log.Info("job finished", "job", j.spec.GetId(), "worker", s.id, "outcome", outcomeName(err),
 		"steps_done", j.stepsDone.Load(), "steps_total", j.stepsTotal,
-		"queue_wait", start.Sub(j.enqueued), "run_time", time.Since(start))
+		"queue_wait", start.Sub(j.enqueued), "run_time", took)
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	s.job = nil
 	if e.closed {
 		return
 	}
@@ -243,18 +224,10 @@ func (e *Executor) runJob(s *slot, j *job) {
 		s.state = StateReady
 		s.jobsDone++
 		e.dispatchLocked()
+		e.changedLocked()
 		return
 	}
-	// Replace the worker. kill waits for the reap, so no zombie stays.
-	s.state = StateBackoff
-	s.restarts++
-	p := s.proc
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		p.kill()
-		e.restart(s)
-	}()
+	e.replaceLocked(s, w, "job "+outcomeName(err))
 }
 
 func outcomeName(err error) string {
@@ -267,46 +240,62 @@ func outcomeName(err error) string {
 func (e *Executor) setState(s *slot, st State) {
 	e.mu.Lock()
 	s.state = st
+	e.changedLocked()
 	e.mu.Unlock()
 }
 
 // call runs the job's worker RPC, collecting images and forwarding events.
 // It returns the images, what the call says about the worker, and the job's
 // error (nil on success).
-func (e *Executor) call(s *slot, j *job) ([]*hourglassv1.Image, outcome, error) {
-	stream, err := s.client.Run(j.ctx, &workerv1.RunRequest{Job: j.spec})
+func (e *Executor) call(s *slot, w *workerProc, j *job) ([]*hourglassv1.Image, outcome, error) {
+	parent := j.ctx
+	spec := j.spec
+	if !e.cfg.Cancellation {
+		// The naive pool: nothing stops a job once it runs.
+		parent = context.WithoutCancel(j.ctx)
+		spec = proto.CloneOf(spec)
+		spec.Deadline = nil
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	// Every event is a heartbeat; a busy worker silent for longer is wedged.
+	heartbeat := time.AfterFunc(e.cfg.Heartbeat, func() { cancel(errWedged) })
+	defer heartbeat.Stop()
+
+	stream, err := w.client.Run(ctx, &workerv1.RunRequest{Job: spec})
 	if err != nil {
-		out, jobErr := e.classify(s, j, err)
+		out, jobErr := e.classify(ctx, s, w, j, err)
 		return nil, out, jobErr
 	}
 	var images []*hourglassv1.Image
 	for retried := false; ; {
 		msg, err := stream.Recv()
-		if status.Code(err) == codes.FailedPrecondition && !retried && len(images) == 0 && j.ctx.Err() == nil {
+		if status.Code(err) == codes.FailedPrecondition && !retried && len(images) == 0 && ctx.Err() == nil {
 			// The worker still runs an earlier, cancelled job: its Describe
 			// said idle a moment before a late Run of that job arrived.
 			// Wait for it to go idle and try once more.
 			retried = true
-			if !e.waitIdle(s) {
+			if !e.waitIdle(w) {
 				return nil, workerCrashed, &Error{Kind: KindWorkerCrashed, Msg: fmt.Sprintf("worker %s stayed busy with an earlier job", s.id), Cause: err}
 			}
-			if stream, err = s.client.Run(j.ctx, &workerv1.RunRequest{Job: j.spec}); err != nil {
-				out, jobErr := e.classify(s, j, err)
+			if stream, err = w.client.Run(ctx, &workerv1.RunRequest{Job: spec}); err != nil {
+				out, jobErr := e.classify(ctx, s, w, j, err)
 				return nil, out, jobErr
 			}
 			continue
 		}
 		if errors.Is(err, io.EOF) {
-			if n := uint32(len(images)); n != j.spec.GetImageCount() {
+			if n := uint32(len(images)); n != spec.GetImageCount() {
 				return nil, workerIdle, &Error{Kind: KindInternal,
-					Msg: fmt.Sprintf("worker returned %d images, want %d", n, j.spec.GetImageCount())}
+					Msg: fmt.Sprintf("worker returned %d images, want %d", n, spec.GetImageCount())}
 			}
 			return images, workerIdle, nil
 		}
 		if err != nil {
-			out, jobErr := e.classify(s, j, err)
+			out, jobErr := e.classify(ctx, s, w, j, err)
 			return nil, out, jobErr
 		}
+		heartbeat.Reset(e.cfg.Heartbeat)
 		switch ev := msg.GetEvent().(type) {
 		case *workerv1.RunResponse_Progress:
 			j.stepsDone.Add(1)
@@ -319,10 +308,17 @@ func (e *Executor) call(s *slot, j *job) ([]*hourglassv1.Image, outcome, error) 
 }
 
 // classify turns a failed worker call into the job's error and the worker's
-// state.
-func (e *Executor) classify(s *slot, j *job, err error) (outcome, error) {
+// state. ctx is the call's context.
+func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job, err error) (outcome, error) {
 	done := j.stepsDone.Load()
-	if j.ctx.Err() != nil {
+	if errors.Is(context.Cause(ctx), errWedged) {
+		e.log.Warn("worker wedged: no event within the heartbeat; cancelling", "worker", s.id, "pid", w.proc.pid,
+			"heartbeat", e.cfg.Heartbeat, "job", j.spec.GetId())
+		return workerCancel, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
+			Msg: fmt.Sprintf("worker %s sent no progress for %v after %d of %d steps and was replaced; safe to retry with the same seed",
+				s.id, e.cfg.Heartbeat, done, j.stepsTotal)}
+	}
+	if j.ctx.Err() != nil && e.cfg.Cancellation {
 		// Run has answered (or is answering) the caller already; this
 		// error only decides what happens to the worker.
 		return workerCancel, j.abandoned()
@@ -334,17 +330,19 @@ func (e *Executor) classify(s *slot, j *job, err error) (outcome, error) {
 			Msg: "worker ran out of memory: " + st.Message()}
 	case codes.InvalidArgument:
 		return workerIdle, &Error{Kind: KindInvalid, Msg: "worker refused the job: " + st.Message()}
-	case codes.Unavailable, codes.Unknown, codes.Canceled:
+	case codes.Unavailable, codes.Unknown, codes.Canceled, codes.DeadlineExceeded:
 		// The connection broke: the process died or is about to. Give it
 		// the grace to be reaped; a live worker that broke its connection
 		// is replaced all the same.
+		t := time.NewTimer(e.cfg.CancelGrace)
 		select {
-		case <-s.proc.exited:
-		case <-time.After(e.cfg.CancelGrace):
+		case <-w.proc.exited:
+		case <-t.C:
 		}
+		t.Stop()
 		return workerCrashed, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
 			Msg:   fmt.Sprintf("worker %s died after %d of %d steps; safe to retry with the same seed", s.id, done, j.stepsTotal),
-			Cause: exitCause(s.proc, err)}
+			Cause: exitCause(w.proc, err)}
 	default:
 		return workerIdle, &Error{Kind: KindInternal, Msg: "worker failed: " + st.Message(), Cause: err}
 	}
@@ -359,24 +357,24 @@ func exitCause(p *process, err error) error {
 
 // waitIdle polls the worker until it reports no job, for at most the cancel
 // grace. It reports false when the worker is still busy or has died.
-func (e *Executor) waitIdle(s *slot) bool {
+func (e *Executor) waitIdle(w *workerProc) bool {
 	deadline := time.Now().Add(e.cfg.CancelGrace)
 	tick := time.NewTicker(idlePollInterval)
 	defer tick.Stop()
 	for {
 		remaining := time.Until(deadline)
-		if remaining <= 0 || !s.proc.alive() {
+		if remaining <= 0 || !w.proc.alive() {
 			return false
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), remaining)
-		d, err := s.client.Describe(ctx, &workerv1.DescribeRequest{})
+		d, err := w.client.Describe(ctx, &workerv1.DescribeRequest{})
 		cancel()
 		if err == nil && !d.GetBusy() {
 			return true
 		}
 		select {
 		case <-tick.C:
-		case <-s.proc.exited:
+		case <-w.proc.exited:
 			return false
 		case <-e.stop:
 			return false
@@ -384,40 +382,143 @@ func (e *Executor) waitIdle(s *slot) bool {
 	}
 }
 
-// restart starts a new process for s, backing off exponentially while
-// starts keep failing, until it serves or the executor closes.
-func (e *Executor) restart(s *slot) {
-	for {
+// replaceLocked kills the slot's worker w (process group, reaped) and puts
+// a new one in its place: a hot spare at once when one is ready and the slot
+// is not crash-looping, else a fresh process, after a backoff when the slot
+// keeps dying.
+func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) {
+	now := time.Now()
+	s.w = nil
+	s.restarts++
+	s.deaths = append(s.deaths, now)
+	deaths := s.recentDeaths(now)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		w.kill()
+		e.log.Info("worker killed", "worker", s.id, "process", w.name, "pid", w.proc.pid, "why", why, "exit", fmt.Sprint(w.proc.waitErr))
+	}()
+
+	delay := time.Duration(0)
+	if deaths >= crashLoopDeaths {
+		delay = min(crashLoopMaxDelay, time.Second<<(deaths-crashLoopDeaths))
+		e.log.Warn("worker is crash-looping; holding it back", "worker", s.id, "deaths", deaths, "window", crashLoopWindow, "delay", delay)
+	} else if len(e.spares) > 0 {
+		s.w = e.spares[0]
+		e.spares = e.spares[1:]
+		s.state = StateReady
+		e.log.Info("hot spare took over", "worker", s.id, "process", s.w.name, "pid", s.w.proc.pid)
+		e.refillSparesLocked()
+		e.dispatchLocked()
+		e.changedLocked()
+		return
+	}
+	s.state = StateBackoff
+	if delay == 0 {
+		s.state = StateStarting
+	}
+	e.changedLocked()
+	e.wg.Add(1)
+	go e.restartSlot(s, delay)
+}
+
+// restartSlot waits delay, then starts a new worker for s, backing off while
+// starts fail, until one serves or the executor closes.
+func (e *Executor) restartSlot(s *slot, delay time.Duration) {
+	defer e.wg.Done()
+	for failures := 0; ; failures++ {
+		if !e.sleep(delay) {
+			return
+		}
+		e.setState(s, StateStarting)
+		w, err := e.spawn(context.Background())
 		e.mu.Lock()
 		if e.closed {
 			e.mu.Unlock()
+			if w != nil {
+				w.kill()
+			}
 			return
 		}
-		s.state = StateStarting
-		e.mu.Unlock()
-
-		err := e.startSlot(context.Background(), s)
 		if err == nil {
+			s.w, s.state = w, StateReady
+			e.dispatchLocked()
+			e.changedLocked()
+			e.mu.Unlock()
 			return
 		}
-		e.mu.Lock()
-		s.failures++
-		delay := restartBackoff(s.failures)
 		s.state = StateBackoff
+		e.changedLocked()
 		e.mu.Unlock()
-		e.log.Error("worker restart failed", "worker", s.id, "err", err, "retry_in", delay)
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-e.stop:
-			t.Stop()
+		delay = startBackoff(failures + 1)
+		e.log.Error("worker start failed", "worker", s.id, "err", err, "retry_in", delay)
+	}
+}
+
+// refillSparesLocked starts spares until the configured number are ready
+// or starting.
+func (e *Executor) refillSparesLocked() {
+	for len(e.spares)+e.sparesStarting < e.cfg.Spares && !e.closed {
+		e.sparesStarting++
+		e.wg.Add(1)
+		go e.startSpare()
+	}
+}
+
+func (e *Executor) startSpare() {
+	defer e.wg.Done()
+	for failures := 0; ; failures++ {
+		w, err := e.spawn(context.Background())
+		e.mu.Lock()
+		if e.closed {
+			e.sparesStarting--
+			e.mu.Unlock()
+			if w != nil {
+				w.kill()
+			}
+			return
+		}
+		if err == nil {
+			e.sparesStarting--
+			e.spares = append(e.spares, w)
+			e.mu.Unlock()
+			return
+		}
+		e.mu.Unlock()
+		delay := startBackoff(failures + 1)
+		e.log.Error("spare start failed", "err", err, "retry_in", delay)
+		if !e.sleep(delay) {
+			e.mu.Lock()
+			e.sparesStarting--
+			e.mu.Unlock()
 			return
 		}
 	}
 }
 
-// restartBackoff is 100 ms doubled per consecutive failure, capped at 10 s.
-func restartBackoff(failures int) time.Duration {
+// sleep waits d; false when the executor closed meanwhile.
+func (e *Executor) sleep(d time.Duration) bool {
+	if d <= 0 {
+		select {
+		case <-e.stop:
+			return false
+		default:
+			return true
+		}
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-e.stop:
+		return false
+	}
+}
+
+// startBackoff is the wait after failed starts: 100 ms doubled per
+// consecutive failure, capped at 10 s.
+func startBackoff(failures int) time.Duration {
 	d := 100 * time.Millisecond
 	for i := 1; i < failures && d < 10*time.Second; i++ {
 		d *= 2

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"sync/atomic"
 
 	"buf.build/go/protovalidate"
 	grpcvalidate "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
@@ -40,6 +41,9 @@ type Server struct {
 	health *health.Server
 	svc    *generateService
 	log    *slog.Logger
+	// draining keeps health NOT_SERVING once Shutdown began, whatever the
+	// workers do.
+	draining atomic.Bool
 }
 
 // serviceName is what health checks name for the generate service.
@@ -93,11 +97,20 @@ func New(opts Options) (*Server, error) {
 // Serve accepts connections on lis until Shutdown.
 func (s *Server) Serve(lis net.Listener) error { return s.grpc.Serve(lis) }
 
-// SetExecutor hands the ready worker pool to the service and reports
-// SERVING.
+// SetExecutor hands the started worker pool to the service and reports
+// its health.
 func (s *Server) SetExecutor(e *executor.Executor) {
 	s.svc.exec.Store(e)
-	s.setServing(true)
+	s.SetServing(e.Status().Serving)
+}
+
+// SetServing reports SERVING or NOT_SERVING; the executor calls it when its
+// last live worker dies (crash loop) or its first comes back.
+func (s *Server) SetServing(ok bool) {
+	if s.draining.Load() {
+		return
+	}
+	s.setServing(ok)
 }
 
 func (s *Server) setServing(ok bool) {
@@ -112,6 +125,7 @@ func (s *Server) setServing(ok bool) {
 // Shutdown reports NOT_SERVING, so balancers stop sending calls, then lets
 // running calls finish until ctx ends, then closes every connection.
 func (s *Server) Shutdown(ctx context.Context) {
+	s.draining.Store(true)
 	s.setServing(false)
 	s.health.Shutdown()
 	done := make(chan struct{})

@@ -139,7 +139,7 @@ func (s *generateService) GetServerInfo(ctx context.Context, _ *hourglassv1.GetS
 	for _, w := range st.Workers {
 		resp.Workers = append(resp.Workers, &hourglassv1.WorkerInfo{
 			Id: w.ID, State: workerState(w.State), Pid: int32(w.PID), Device: w.Device,
-			JobsDone: w.JobsDone, Restarts: w.Restarts,
+			JobsDone: w.JobsDone, Restarts: w.Restarts, Spare: w.Spare,
 		})
 	}
 	return resp, nil

@@ -33,6 +33,8 @@ const (
 	ReasonWorkerCrashed    = "WORKER_CRASHED"
 	ReasonOutOfMemory      = "WORKER_OUT_OF_MEMORY"
 	ReasonDraining         = "SERVER_DRAINING"
+	ReasonDeadlineTooShort = "DEADLINE_TOO_SHORT"
+	ReasonOverloaded       = "OVERLOADED"
 )
 
 // statusFromJob maps an executor outcome to the caller's status.
@@ -50,6 +52,13 @@ func statusFromJob(log *slog.Logger, err error) error {
 	case executor.KindDeadline:
 		return withDetails(codes.DeadlineExceeded, je.Msg,
 			&errdetails.ErrorInfo{Reason: ReasonDeadlineExceeded, Domain: ErrorDomain, Metadata: progress})
+	case executor.KindTooLate:
+		return withDetails(codes.DeadlineExceeded, je.Msg,
+			&errdetails.ErrorInfo{Reason: ReasonDeadlineTooShort, Domain: ErrorDomain, Metadata: estimate(je)})
+	case executor.KindOverloaded:
+		return withDetails(codes.ResourceExhausted, je.Msg,
+			&errdetails.ErrorInfo{Reason: ReasonOverloaded, Domain: ErrorDomain, Metadata: estimate(je)},
+			&errdetails.RetryInfo{RetryDelay: durationpb.New(je.RetryAfter)})
 	case executor.KindCanceled:
 		return status.Error(codes.Canceled, je.Msg)
 	case executor.KindQueueFull:
@@ -71,6 +80,14 @@ func statusFromJob(log *slog.Logger, err error) error {
 	default:
 		log.Error("job failed", "err", je)
 		return status.Error(codes.Internal, "internal error")
+	}
+}
+
+// estimate is the admission numbers of a refusal, in milliseconds.
+func estimate(je *executor.Error) map[string]string {
+	return map[string]string{
+		"estimate_ms":  strconv.FormatInt(je.Estimate.Milliseconds(), 10),
+		"remaining_ms": strconv.FormatInt(je.Remaining.Milliseconds(), 10),
 	}
 }
 

@@ -107,12 +107,19 @@ func serve(ctx context.Context, log *slog.Logger, cfg config.Config, command []s
 	go func() { serveErr <- srv.Serve(lis) }()
 
 	pool, err := executor.New(ctx, executor.Config{
-		Workers:     cfg.Workers.Count,
-		Command:     command,
-		QueueMax:    cfg.Queue.Max,
-		CancelGrace: cfg.Timeouts.CancelGrace,
-		WorkerStart: cfg.Timeouts.WorkerStart,
-		Logger:      log,
+		Workers:                 cfg.Workers.Count,
+		Spares:                  cfg.Workers.Spares,
+		Command:                 command,
+		QueueMax:                cfg.Queue.Max,
+		CancelGrace:             cfg.Timeouts.CancelGrace,
+		Heartbeat:               cfg.Timeouts.Heartbeat,
+		WorkerStart:             cfg.Timeouts.WorkerStart,
+		Admission:               cfg.Admission.Enabled,
+		SecondsPerMegapixelStep: cfg.Admission.SecondsPerMegapixelStep,
+		Overhead:                cfg.Admission.Overhead,
+		Cancellation:            cfg.Cancellation.Enabled,
+		OnServingChange:         srv.SetServing,
+		Logger:                  log,
 	})
 	if err != nil {
 		srv.Shutdown(context.Background())

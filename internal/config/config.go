@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"time"
 
@@ -22,12 +23,19 @@ type Config struct {
 	Timeouts Timeouts `yaml:"timeouts"`
 	Queue    Queue    `yaml:"queue"`
 	Limits   Limits   `yaml:"limits"`
+	// Admission and Cancellation exist so that benchmarks can compare
+	// hourglass with a naive FIFO pool (both off). Leave them on.
+	Admission    Admission    `yaml:"admission"`
+	Cancellation Cancellation `yaml:"cancellation"`
 }
 
 // Workers configures the worker processes.
 type Workers struct {
-	// Count is the number of worker processes.
+	// Count is the number of worker processes that take jobs.
 	Count int `yaml:"count"`
+	// Spares is the number of hot spares: started workers that take no
+	// jobs and replace a killed or crashed worker at once.
+	Spares int `yaml:"spares"`
 	// Command is the worker program and its arguments. Empty means the
 	// built-in CPU worker, hourglass-worker, found next to the hourglassd
 	// executable or on PATH. The executor appends --socket PATH.
@@ -44,6 +52,9 @@ type Timeouts struct {
 	// CancelGrace is how long a worker has to become idle after its job
 	// was cancelled before its process group is killed.
 	CancelGrace time.Duration `yaml:"cancel_grace"`
+	// Heartbeat is how long a busy worker may send no event (each step
+	// sends one) before it is treated as wedged: cancelled, then killed.
+	Heartbeat time.Duration `yaml:"heartbeat"`
 	// WorkerStart bounds how long a worker process may take to serve.
 	WorkerStart time.Duration `yaml:"worker_start"`
 }
@@ -62,21 +73,48 @@ type Limits struct {
 	MaxCostPixelSteps uint64 `yaml:"max_cost_pixel_steps"`
 }
 
+// Admission configures deadline-aware admission: a job that cannot finish
+// before its deadline is refused at once instead of occupying a worker.
+type Admission struct {
+	// Enabled turns admission on. Off, every job is queued (FIFO, not
+	// earliest deadline first) however hopeless: for benchmarks only.
+	Enabled bool `yaml:"enabled"`
+	// SecondsPerMegapixelStep is the starting estimate of run time per
+	// (width × height / 10^6) × steps × images. 0 means calibrate: run two
+	// small jobs on a worker at start-up and measure. Completed jobs refine
+	// it either way.
+	SecondsPerMegapixelStep float64 `yaml:"seconds_per_megapixel_step"`
+	// Overhead is the starting estimate of a job's fixed cost (encoding,
+	// transfer); used with SecondsPerMegapixelStep, ignored when calibrating.
+	Overhead time.Duration `yaml:"overhead"`
+}
+
+// Cancellation configures what happens to a job whose caller is gone.
+type Cancellation struct {
+	// Enabled cancels the worker call at the deadline and kills a worker
+	// that does not stop. Off, a job runs to completion once queued, like a
+	// naive pool: for benchmarks only.
+	Enabled bool `yaml:"enabled"`
+}
+
 // Default returns the configuration used when nothing overrides it.
 func Default() Config {
 	return Config{
 		Listen:  "127.0.0.1:50051",
-		Workers: Workers{Count: 2},
+		Workers: Workers{Count: 2, Spares: 1},
 		Timeouts: Timeouts{
 			Default:     60 * time.Second,
 			Max:         10 * time.Minute,
 			CancelGrace: 2 * time.Second,
+			Heartbeat:   30 * time.Second,
 			WorkerStart: 30 * time.Second,
 		},
 		Queue: Queue{Max: 256},
 		// 2048×2048 at 150 steps, or 1024×1024 × 30 steps × 32 images,
 		// both fit; anything larger is refused at once.
-		Limits: Limits{MaxCostPixelSteps: 1 << 30},
+		Limits:       Limits{MaxCostPixelSteps: 1 << 30},
+		Admission:    Admission{Enabled: true},
+		Cancellation: Cancellation{Enabled: true},
 	}
 }
 
@@ -113,6 +151,8 @@ func (c Config) Validate() error {
 		return errors.New("listen: must not be empty")
 	case c.Workers.Count < 1 || c.Workers.Count > 256:
 		return fmt.Errorf("workers.count: %d is outside 1..256", c.Workers.Count)
+	case c.Workers.Spares < 0 || c.Workers.Spares > 64:
+		return fmt.Errorf("workers.spares: %d is outside 0..64", c.Workers.Spares)
 	case c.Timeouts.Default <= 0:
 		return fmt.Errorf("timeouts.default: %v must be positive", c.Timeouts.Default)
 	case c.Timeouts.Max <= 0:
@@ -121,12 +161,18 @@ func (c Config) Validate() error {
 		return fmt.Errorf("timeouts.default: %v is longer than timeouts.max %v", c.Timeouts.Default, c.Timeouts.Max)
 	case c.Timeouts.CancelGrace <= 0:
 		return fmt.Errorf("timeouts.cancel_grace: %v must be positive", c.Timeouts.CancelGrace)
+	case c.Timeouts.Heartbeat <= 0:
+		return fmt.Errorf("timeouts.heartbeat: %v must be positive", c.Timeouts.Heartbeat)
 	case c.Timeouts.WorkerStart <= 0:
 		return fmt.Errorf("timeouts.worker_start: %v must be positive", c.Timeouts.WorkerStart)
 	case c.Queue.Max < 0:
 		return fmt.Errorf("queue.max: %d must not be negative", c.Queue.Max)
 	case c.Limits.MaxCostPixelSteps == 0:
 		return errors.New("limits.max_cost_pixel_steps: must be positive")
+	case !(c.Admission.SecondsPerMegapixelStep >= 0) || math.IsInf(c.Admission.SecondsPerMegapixelStep, 0):
+		return fmt.Errorf("admission.seconds_per_megapixel_step: %v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
+	case c.Admission.Overhead < 0:
+		return fmt.Errorf("admission.overhead: %v must not be negative", c.Admission.Overhead)
 	}
 	return nil
 }

@@ -26,6 +26,16 @@ func TestLoad(t *testing.T) {
 		{name: "bad duration", yaml: "timeouts:\n  default: soon\n", wantErr: "soon"},
 		{name: "zero workers", yaml: "workers:\n  count: 0\n", wantErr: "workers.count"},
 		{name: "default beyond max", yaml: "timeouts:\n  default: 20m\n", wantErr: "timeouts.default"},
+		{name: "benchmark switches", yaml: "admission:\n  enabled: false\ncancellation:\n  enabled: false\n",
+			check: func(c Config) bool { return !c.Admission.Enabled && !c.Cancellation.Enabled && c.Workers.Spares == 1 }},
+		{name: "configured estimate", yaml: "admission:\n  seconds_per_megapixel_step: 0.05\n  overhead: 20ms\n",
+			check: func(c Config) bool {
+				return c.Admission.SecondsPerMegapixelStep == 0.05 && c.Admission.Overhead == 20*time.Millisecond
+			}},
+		{name: "negative estimate", yaml: "admission:\n  seconds_per_megapixel_step: -1\n", wantErr: "admission.seconds_per_megapixel_step"},
+		{name: "NaN estimate", yaml: "admission:\n  seconds_per_megapixel_step: .nan\n", wantErr: "admission.seconds_per_megapixel_step"},
+		{name: "negative spares", yaml: "workers:\n  spares: -1\n", wantErr: "workers.spares"},
+		{name: "zero heartbeat", yaml: "timeouts:\n  heartbeat: 0s\n", wantErr: "timeouts.heartbeat"},
 		{name: "negative queue", yaml: "queue:\n  max: -1\n", wantErr: "queue.max"},
 	}
 	for _, tt := range tests {
