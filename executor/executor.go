@@ -412,11 +412,16 @@ func (j *job) drain(onEvent func(Event)) {
 // grpc-go usually ends the server context with Canceled (the caller's
 // RST_STREAM wins the race), yet the caller's deadline is what happened.
 func (j *job) abandoned() error {
-	done, total := j.stepsDone.Load(), j.stepsTotal
 	if !time.Now().Before(j.deadline) {
-		return &Error{Kind: KindDeadline, StepsDone: done, StepsTotal: total,
-			Msg: fmt.Sprintf("deadline passed after %d of %d steps", done, total)}
+		return j.deadlineErr()
 	}
+	done, total := j.stepsDone.Load(), j.stepsTotal
 	return &Error{Kind: KindCanceled, StepsDone: done, StepsTotal: total,
 		Msg: fmt.Sprintf("cancelled by the caller after %d of %d steps", done, total)}
+}
+
+func (j *job) deadlineErr() error {
+	done, total := j.stepsDone.Load(), j.stepsTotal
+	return &Error{Kind: KindDeadline, StepsDone: done, StepsTotal: total,
+		Msg: fmt.Sprintf("deadline passed after %d of %d steps", done, total)}
 }

@@ -330,7 +330,11 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 			Msg: "worker ran out of memory: " + st.Message()}
 	case codes.InvalidArgument:
 		return workerIdle, &Error{Kind: KindInvalid, Msg: "worker refused the job: " + st.Message()}
-	case codes.Unavailable, codes.Unknown, codes.Canceled, codes.DeadlineExceeded:
+	case codes.DeadlineExceeded:
+		// The worker stopped at the job's deadline on its own clock, a
+		// moment before ours fired. Its handler has returned: it is idle.
+		return workerIdle, j.deadlineErr()
+	case codes.Unavailable, codes.Unknown, codes.Canceled:
 		// The connection broke: the process died or is about to. Give it
 		// the grace to be reaped; a live worker that broke its connection
 		// is replaced all the same.

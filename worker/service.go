@@ -77,6 +77,11 @@ func (s *service) Run(req *workerv1.RunRequest, stream grpc.ServerStreamingServe
 		s.log.Warn("job rejected", "job_id", job.GetId(), "error", err.Error())
 		return err
 	}
+	// A call cancelled before it arrived must not take the worker: the
+	// executor may already have seen it idle and sent the next job.
+	if err := stream.Context().Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
 	if err := s.acquire(job.GetId()); err != nil {
 		s.log.Warn("job rejected", "job_id", job.GetId(), "error", err.Error())
 		return err

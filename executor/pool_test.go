@@ -1,0 +1,317 @@
+package executor
+
+import (
+	"context"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Worker faults (see cmd/hourglass-worker/fault.go) and what each must lead
+// to: the job's outcome, and whether the worker is replaced.
+func TestWorkerFaults(t *testing.T) {
+	tests := []struct {
+		name     string
+		fault    string
+		steps    uint32
+		deadline time.Duration
+		wantKind string
+		replaced bool
+	}{
+		{name: "hang is killed after the grace", fault: "hang", steps: 30, deadline: 300 * time.Millisecond,
+			wantKind: "deadline", replaced: true},
+		{name: "ignore-cancel is killed after the grace", fault: "slow=50ms,ignore-cancel", steps: 100,
+			deadline: 300 * time.Millisecond, wantKind: "deadline", replaced: true},
+		{name: "slow stops cooperatively at the deadline", fault: "slow=50ms", steps: 100,
+			deadline: 300 * time.Millisecond, wantKind: "deadline", replaced: false},
+		{name: "slow within the deadline succeeds", fault: "slow=10ms", steps: 5,
+			deadline: 20 * time.Second, wantKind: "ok", replaced: false},
+		{name: "crash", fault: "crash", steps: 30, deadline: 20 * time.Second, wantKind: "worker_crashed", replaced: true},
+		{name: "oom keeps the worker", fault: "oom", steps: 30, deadline: 20 * time.Second, wantKind: "out_of_memory", replaced: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newPool(t, Config{Workers: 1, Spares: 1, CancelGrace: 200 * time.Millisecond, Admission: true,
+				SecondsPerMegapixelStep: 1e-9, Cancellation: true})
+			before := slot0(e)
+			_, err, late := run(e, tt.deadline, testJob(tt.fault, 128, tt.steps), nil)
+			if got := kindOf(err); got != tt.wantKind {
+				t.Fatalf("Run(%s) = %v; want %s", tt.fault, err, tt.wantKind)
+			}
+			if tt.wantKind == "deadline" && late > 100*time.Millisecond {
+				t.Errorf("Run(%s) returned %v after the deadline; want within 100ms", tt.fault, late)
+			}
+			if tt.replaced {
+				waitFor(t, 10*time.Second, "the slot's worker to be replaced and ready", func() bool {
+					w := slot0(e)
+					return w.Restarts == 1 && w.State == StateReady && w.PID != before.PID
+				})
+				// Killed with its group and reaped: not even a zombie.
+				waitFor(t, 5*time.Second, "the old worker to be reaped", func() bool {
+					return syscall.Kill(before.PID, 0) == syscall.ESRCH
+				})
+			} else {
+				waitFor(t, 10*time.Second, "the slot to be ready", func() bool { return slot0(e).State == StateReady })
+				if w := slot0(e); w.PID != before.PID || w.Restarts != 0 {
+					t.Errorf("after %s the slot has pid %d and %d restarts; want the same worker (pid %d, 0 restarts)",
+						tt.fault, w.PID, w.Restarts, before.PID)
+				}
+			}
+			if _, err, _ := run(e, 20*time.Second, testJob("", 128, 4), nil); err != nil {
+				t.Fatalf("Run after %s = %v; want OK", tt.fault, err)
+			}
+		})
+	}
+}
+
+// A hot spare takes over at once: the slot is ready with the spare's
+// process as soon as the dead worker is reaped, and a new spare starts.
+func TestHotSpareTakesOver(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Spares: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true})
+	var spare WorkerStatus
+	waitFor(t, 10*time.Second, "the spare to be ready", func() bool {
+		for _, w := range e.Status().Workers {
+			if w.Spare && w.State == StateReady {
+				spare = w
+				return true
+			}
+		}
+		return false
+	})
+	if _, err, _ := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
+		t.Fatalf("Run(crash) = %v; want worker_crashed", err)
+	}
+	if w := slot0(e); w.PID != spare.PID || w.State != StateReady {
+		t.Fatalf("after the crash slot w0 = %+v; want the spare (pid %d), ready", w, spare.PID)
+	}
+	waitFor(t, 10*time.Second, "a new spare", func() bool {
+		for _, w := range e.Status().Workers {
+			if w.Spare && w.State == StateReady && w.PID != spare.PID {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestHeartbeatKillsWedgedWorker(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Heartbeat: 300 * time.Millisecond, CancelGrace: 200 * time.Millisecond,
+		Cancellation: true})
+	start := time.Now()
+	_, err, _ := run(e, 20*time.Second, testJob("hang", 64, 30), nil)
+	if KindOf(err) != KindWorkerCrashed {
+		t.Fatalf("Run(hang, heartbeat 300ms) = %v; want worker_crashed", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("wedged worker noticed after %v; want about the 300ms heartbeat", took)
+	}
+	waitFor(t, 10*time.Second, "a replacement worker", func() bool {
+		w := slot0(e)
+		return w.Restarts == 1 && w.State == StateReady
+	})
+}
+
+func TestCrashLoopBacksOffAndRecovers(t *testing.T) {
+	var mu sync.Mutex
+	var changes []bool
+	e := newPool(t, Config{Workers: 1, Spares: 0, Cancellation: true, OnServingChange: func(s bool) {
+		mu.Lock()
+		changes = append(changes, s)
+		mu.Unlock()
+	}})
+	for i := range crashLoopDeaths {
+		waitFor(t, 10*time.Second, "the worker to be ready", func() bool { return slot0(e).State == StateReady })
+		if _, err, _ := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
+			t.Fatalf("crash %d: Run = %v; want worker_crashed", i+1, err)
+		}
+	}
+	if w := slot0(e); w.State != StateBackoff {
+		t.Fatalf("after %d deaths slot w0 is %v; want backoff", crashLoopDeaths, w.State)
+	}
+	if e.Status().Serving {
+		t.Fatalf("Status().Serving = true with the only worker in backoff; want false")
+	}
+	waitFor(t, 10*time.Second, "recovery from the crash loop", func() bool { return slot0(e).State == StateReady })
+	mu.Lock()
+	last := changes[len(changes)-1]
+	mu.Unlock()
+	if !last || !e.Status().Serving {
+		t.Fatalf("after recovery serving changes = %v; want the last to be true", changes)
+	}
+	if _, err, _ := run(e, 20*time.Second, testJob("", 64, 4), nil); err != nil {
+		t.Fatalf("Run after recovery = %v; want OK", err)
+	}
+}
+
+// occupy starts a long job on the only worker and returns once it runs,
+// with a function that cancels it and waits for its Run to return.
+func occupy(t *testing.T, e *Executor) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.Run(ctx, testJob("slow=100ms", 64, 150), nil)
+	}()
+	waitFor(t, 10*time.Second, "the long job to start", func() bool { return slot0(e).State == StateBusy })
+	return func() { cancel(); <-done }
+}
+
+func TestQueuedJobExpiresAtItsDeadline(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true, Admission: true, SecondsPerMegapixelStep: 1e-9})
+	stop := occupy(t, e)
+	defer stop()
+	var events []EventKind
+	_, err, late := run(e, 300*time.Millisecond, testJob("", 64, 4), func(ev Event) { events = append(events, ev.Kind) })
+	if KindOf(err) != KindDeadline {
+		t.Fatalf("Run(queued behind a long job, 300ms) = %v; want deadline", err)
+	}
+	if late > 100*time.Millisecond {
+		t.Errorf("queued job answered %v after its deadline; want within 100ms", late)
+	}
+	if len(events) != 1 || events[0] != EventQueued {
+		t.Errorf("events = %v; want just one queued event", events)
+	}
+	if st := e.Status(); st.QueueDepth != 0 || st.Workers[0].State != StateBusy {
+		t.Errorf("after expiry: depth %d, w0 %v; want 0 and the long job still busy", st.QueueDepth, st.Workers[0].State)
+	}
+}
+
+func TestCancelWhileQueued(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true})
+	stop := occupy(t, e)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := e.Run(ctx, testJob("", 64, 4), nil)
+		errc <- err
+	}()
+	waitFor(t, 10*time.Second, "the job to be queued", func() bool { return e.Status().QueueDepth == 1 })
+	cancel()
+	if err := <-errc; KindOf(err) != KindCanceled {
+		t.Fatalf("Run(cancelled while queued) = %v; want canceled", err)
+	}
+	if d := e.Status().QueueDepth; d != 0 {
+		t.Fatalf("queue depth after cancel = %d; want 0", d)
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, QueueMax: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true})
+	stop := occupy(t, e)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = e.Run(ctx, testJob("", 64, 4), nil) }()
+	waitFor(t, 10*time.Second, "one queued job", func() bool { return e.Status().QueueDepth == 1 })
+	_, err, _ := run(e, 20*time.Second, testJob("", 64, 4), nil)
+	var je *Error
+	if KindOf(err) != KindQueueFull || !asError(err, &je) || je.RetryAfter <= 0 {
+		t.Fatalf("Run(queue full) = %v; want queue_full with a retry delay", err)
+	}
+	cancel()
+	<-done
+}
+
+func TestEarliestDeadlineRunsFirst(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true, Admission: true, SecondsPerMegapixelStep: 1e-9})
+	stop := occupy(t, e)
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	for i, d := range []time.Duration{20 * time.Second, 10 * time.Second, 15 * time.Second} {
+		name := []string{"A", "B", "C"}[i]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err, _ := run(e, d, testJob("", 64, 2), func(ev Event) {
+				if ev.Kind == EventStarted {
+					mu.Lock()
+					order = append(order, name)
+					mu.Unlock()
+				}
+			})
+			if err != nil {
+				t.Errorf("Run(%s) = %v; want OK", name, err)
+			}
+		}()
+		waitFor(t, 10*time.Second, "the job to queue", func() bool { return e.Status().QueueDepth == i+1 })
+	}
+	stop()
+	wg.Wait()
+	if got := order; len(got) != 3 || got[0] != "B" || got[1] != "C" || got[2] != "A" {
+		t.Fatalf("start order = %v; want [B C A] (earliest deadline first)", got)
+	}
+}
+
+func TestAdmission(t *testing.T) {
+	// 1024×1024 × 30 steps at 1 s per megapixel-step: about 31 s.
+	big := func() *Job { return testJob("", 1024, 30) }
+	t.Run("refused at once when it cannot finish", func(t *testing.T) {
+		e := newPool(t, Config{Workers: 1, Admission: true, SecondsPerMegapixelStep: 1, Cancellation: true})
+		start := time.Now()
+		_, err, _ := run(e, 2*time.Second, big(), nil)
+		took := time.Since(start)
+		var je *Error
+		if KindOf(err) != KindTooLate || !asError(err, &je) || je.Estimate < 30*time.Second {
+			t.Fatalf("Run(31s job, 2s deadline) = %v; want too_late with the estimate", err)
+		}
+		if took > 50*time.Millisecond {
+			t.Errorf("refusal took %v; want under 50ms", took)
+		}
+		if w := slot0(e); w.JobsDone != 0 || w.State != StateReady {
+			t.Errorf("after the refusal w0 = %+v; want untouched", w)
+		}
+	})
+	t.Run("off: runs and times out", func(t *testing.T) {
+		e := newPool(t, Config{Workers: 1, Admission: false, SecondsPerMegapixelStep: 1, Cancellation: true})
+		_, err, _ := run(e, 500*time.Millisecond, big(), nil)
+		var je *Error
+		if KindOf(err) != KindDeadline || !asError(err, &je) || je.StepsDone == 0 {
+			t.Fatalf("Run(31s job, 500ms, admission off) = %v; want deadline after some steps", err)
+		}
+	})
+	t.Run("overloaded when the queue wait is too long", func(t *testing.T) {
+		// Each job of 512×512 × 30 steps estimates 0.2 × 7.9 ≈ 1.6 s.
+		e := newPool(t, Config{Workers: 1, Admission: true, SecondsPerMegapixelStep: 0.2, Cancellation: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		done := make(chan struct{})
+		go func() { defer close(done); _, _ = e.Run(ctx, testJob("slow=200ms", 512, 30), nil) }()
+		waitFor(t, 10*time.Second, "the first job to start", func() bool { return slot0(e).State == StateBusy })
+		_, err, _ := run(e, 2500*time.Millisecond, testJob("", 512, 30), nil)
+		var je *Error
+		if KindOf(err) != KindOverloaded || !asError(err, &je) || je.RetryAfter <= 0 {
+			t.Fatalf("Run(1.6s job behind a 1.6s job, 2.5s deadline) = %v; want overloaded with a retry delay", err)
+		}
+		cancel()
+		<-done
+	})
+}
+
+func TestCalibrationAtStart(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Admission: true, Cancellation: true})
+	if est := e.Estimate(testJob("", 512, 30)); est <= 0 {
+		t.Fatalf("Estimate(512×512×30) after calibration = %v; want > 0", est)
+	}
+}
+
+// With cancellation off (the naive pool of the benchmarks) the caller is
+// still answered at its deadline, but the worker runs the job to the end.
+func TestNaivePoolRunsJobToTheEnd(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Cancellation: false, Admission: false})
+	pid := slot0(e).PID
+	_, err, late := run(e, 200*time.Millisecond, testJob("slow=50ms", 64, 20), nil)
+	if KindOf(err) != KindDeadline || late > 100*time.Millisecond {
+		t.Fatalf("Run(1s job, 200ms, naive) = %v, %v late; want deadline at the deadline", err, late)
+	}
+	if w := slot0(e); w.State != StateBusy {
+		t.Fatalf("right after the deadline w0 is %v; want still busy", w.State)
+	}
+	waitFor(t, 10*time.Second, "the job to run to its end", func() bool {
+		w := slot0(e)
+		return w.State == StateReady && w.JobsDone == 1 && w.PID == pid
+	})
+}
