@@ -61,9 +61,12 @@ type daemon struct {
 	client hourglassv1.GenerateServiceClient
 	health healthpb.HealthClient
 	exited chan struct{}
+	// killed is set by tests that SIGKILL hourglassd on purpose.
+	killed bool
 
 	mu   sync.Mutex
 	logs strings.Builder
+	pids []int // every worker process the server reported started
 }
 
 // startDaemon starts hourglassd on a free loopback port with extra flags and
@@ -119,12 +122,23 @@ func (d *daemon) readLogs(r io.Reader, serving chan<- string) {
 		d.mu.Lock()
 		d.logs.WriteString(line + "\n")
 		d.mu.Unlock()
-		var rec struct{ Msg, Addr string }
-		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "serving" {
+		var rec struct {
+			Msg, Addr string
+			PID       int
+		}
+		if json.Unmarshal([]byte(line), &rec) != nil {
+			continue
+		}
+		switch rec.Msg {
+		case "serving":
 			select {
 			case serving <- rec.Addr:
 			default:
 			}
+		case "worker process ready":
+			d.mu.Lock()
+			d.pids = append(d.pids, rec.PID)
+			d.mu.Unlock()
 		}
 	}
 }
@@ -136,24 +150,40 @@ func (d *daemon) Logs() string {
 	return d.logs.String()
 }
 
-// stop sends SIGTERM and waits for a clean exit; SIGKILL after 20 s.
+// stop sends SIGTERM and waits for a clean exit (SIGKILL after 20 s), then
+// checks that no worker process the server ever started is left: not
+// running, not a zombie.
 func (d *daemon) stop() {
 	if d.conn != nil {
 		_ = d.conn.Close()
 	}
 	select {
 	case <-d.exited:
-		return
 	default:
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-d.exited:
+		case <-time.After(20 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-d.exited
+			d.t.Errorf("hourglassd did not stop within 20s of SIGTERM:\n%s", d.Logs())
+		}
 	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.exited:
-	case <-time.After(20 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.exited
-		d.t.Errorf("hourglassd did not stop within 20s of SIGTERM:\n%s", d.Logs())
+	if d.killed {
+		return // kill -9 tests check their workers themselves
 	}
+	for _, pid := range d.workerPIDsEverStarted() {
+		if !processGone(pid) {
+			d.t.Errorf("worker pid %d outlived hourglassd (state %q)", pid, processState(pid))
+		}
+	}
+}
+
+// workerPIDsEverStarted lists every worker process from the server's log.
+func (d *daemon) workerPIDsEverStarted() []int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]int(nil), d.pids...)
 }
 
 // workerPIDs asks the server for its workers' process ids.
@@ -172,10 +202,48 @@ func (d *daemon) workerPIDs(ctx context.Context) []int {
 	return pids
 }
 
-// processGone reports whether pid no longer exists, or exists only as a
-// zombie nobody will reap (which would itself be a failure for our children,
-// so callers check zombies separately).
+// processGone reports whether pid no longer exists at all: neither running
+// nor a zombie.
 func processGone(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == syscall.ESRCH
+	return syscall.Kill(pid, 0) == syscall.ESRCH
+}
+
+// processState is the state letter from /proc/PID/stat ("R", "S", "Z"...),
+// or "" when the process does not exist.
+func processState(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// The command name is in parentheses and may hold spaces: the state
+	// follows the last ')'.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return ""
+	}
+	return s[i+2 : i+3]
+}
+
+// processDead reports whether pid is gone or a zombie: dead, though its
+// new parent may not have reaped it yet (after hourglassd was SIGKILLed,
+// its workers are reparented to init or a subreaper).
+func processDead(pid int) bool {
+	st := processState(pid)
+	return st == "" || st == "Z" || st == "X"
+}
+
+// waitFor polls cond every few milliseconds until it holds or timeout
+// passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		<-tick.C
+	}
 }

@@ -56,8 +56,8 @@ type pidLog struct {
 }
 
 func (h pidLog) Enabled(context.Context, slog.Level) bool { return true }
-func (h pidLog) WithAttrs([]slog.Attr) slog.Handler      { return h }
-func (h pidLog) WithGroup(string) slog.Handler           { return h }
+func (h pidLog) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h pidLog) WithGroup(string) slog.Handler            { return h }
 func (h pidLog) Handle(_ context.Context, r slog.Record) error {
 	if r.Message != "worker process ready" {
 		return nil
