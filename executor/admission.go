@@ -40,7 +40,7 @@ func (e *Executor) admitLocked(j *job) error {
 	}
 	wait := e.queueWaitLocked(j)
 	if wait+j.estimate > remaining {
-		return &Error{Kind: KindOverloaded, Estimate: j.estimate, Remaining: remaining, RetryAfter: wait,
+		return &Error{Kind: KindOverloaded, Estimate: j.estimate, Remaining: remaining, RetryAfter: max(wait, 100*time.Millisecond),
 			Msg: fmt.Sprintf("too busy to meet the deadline: estimated queue wait %v plus run time %v, %v remain",
 				wait.Round(time.Millisecond), j.estimate.Round(time.Millisecond), remaining.Round(time.Millisecond))}
 	}
