@@ -124,13 +124,13 @@ func testJob(fault string, side, steps uint32) *workerv1.Job {
 
 // run calls Run with a deadline d from now and reports how long after the
 // deadline it returned (negative: before).
-func run(e *Executor, d time.Duration, job *workerv1.Job, onEvent func(Event)) (*Result, error, time.Duration) {
+func run(e *Executor, d time.Duration, job *workerv1.Job, onEvent func(Event)) (*Result, time.Duration, error) {
 	deadline := time.Now().Add(d)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	job.Deadline = timestamppb.New(deadline)
 	res, err := e.Run(ctx, job, onEvent)
-	return res, err, time.Since(deadline)
+	return res, time.Since(deadline), err
 }
 
 // waitFor polls cond until it holds or timeout passes.

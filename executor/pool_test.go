@@ -35,7 +35,7 @@ func TestWorkerFaults(t *testing.T) {
 			e := newPool(t, Config{Workers: 1, Spares: 1, CancelGrace: 200 * time.Millisecond, Admission: true,
 				SecondsPerMegapixelStep: 1e-9, Cancellation: true})
 			before := slot0(e)
-			_, err, late := run(e, tt.deadline, testJob(tt.fault, 128, tt.steps), nil)
+			_, late, err := run(e, tt.deadline, testJob(tt.fault, 128, tt.steps), nil)
 			if got := kindOf(err); got != tt.wantKind {
 				t.Fatalf("Run(%s) = %v; want %s", tt.fault, err, tt.wantKind)
 			}
@@ -58,7 +58,7 @@ func TestWorkerFaults(t *testing.T) {
 						tt.fault, w.PID, w.Restarts, before.PID)
 				}
 			}
-			if _, err, _ := run(e, 20*time.Second, testJob("", 128, 4), nil); err != nil {
+			if _, _, err := run(e, 20*time.Second, testJob("", 128, 4), nil); err != nil {
 				t.Fatalf("Run after %s = %v; want OK", tt.fault, err)
 			}
 		})
@@ -79,7 +79,7 @@ func TestHotSpareTakesOver(t *testing.T) {
 		}
 		return false
 	})
-	if _, err, _ := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
+	if _, _, err := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
 		t.Fatalf("Run(crash) = %v; want worker_crashed", err)
 	}
 	if w := slot0(e); w.PID != spare.PID || w.State != StateReady {
@@ -99,7 +99,7 @@ func TestHeartbeatKillsWedgedWorker(t *testing.T) {
 	e := newPool(t, Config{Workers: 1, Heartbeat: 300 * time.Millisecond, CancelGrace: 200 * time.Millisecond,
 		Cancellation: true})
 	start := time.Now()
-	_, err, _ := run(e, 20*time.Second, testJob("hang", 64, 30), nil)
+	_, _, err := run(e, 20*time.Second, testJob("hang", 64, 30), nil)
 	if KindOf(err) != KindWorkerCrashed {
 		t.Fatalf("Run(hang, heartbeat 300ms) = %v; want worker_crashed", err)
 	}
@@ -122,7 +122,7 @@ func TestCrashLoopBacksOffAndRecovers(t *testing.T) {
 	}})
 	for i := range crashLoopDeaths {
 		waitFor(t, 10*time.Second, "the worker to be ready", func() bool { return slot0(e).State == StateReady })
-		if _, err, _ := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
+		if _, _, err := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
 			t.Fatalf("crash %d: Run = %v; want worker_crashed", i+1, err)
 		}
 	}
@@ -139,7 +139,7 @@ func TestCrashLoopBacksOffAndRecovers(t *testing.T) {
 	if !last || !e.Status().Serving {
 		t.Fatalf("after recovery serving changes = %v; want the last to be true", changes)
 	}
-	if _, err, _ := run(e, 20*time.Second, testJob("", 64, 4), nil); err != nil {
+	if _, _, err := run(e, 20*time.Second, testJob("", 64, 4), nil); err != nil {
 		t.Fatalf("Run after recovery = %v; want OK", err)
 	}
 }
@@ -163,7 +163,7 @@ func TestQueuedJobExpiresAtItsDeadline(t *testing.T) {
 	stop := occupy(t, e)
 	defer stop()
 	var events []EventKind
-	_, err, late := run(e, 300*time.Millisecond, testJob("", 64, 4), func(ev Event) { events = append(events, ev.Kind) })
+	_, late, err := run(e, 300*time.Millisecond, testJob("", 64, 4), func(ev Event) { events = append(events, ev.Kind) })
 	if KindOf(err) != KindDeadline {
 		t.Fatalf("Run(queued behind a long job, 300ms) = %v; want deadline", err)
 	}
@@ -207,7 +207,7 @@ func TestQueueFull(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _, _ = e.Run(ctx, testJob("", 64, 4), nil) }()
 	waitFor(t, 10*time.Second, "one queued job", func() bool { return e.Status().QueueDepth == 1 })
-	_, err, _ := run(e, 20*time.Second, testJob("", 64, 4), nil)
+	_, _, err := run(e, 20*time.Second, testJob("", 64, 4), nil)
 	var je *Error
 	if KindOf(err) != KindQueueFull || !asError(err, &je) || je.RetryAfter <= 0 {
 		t.Fatalf("Run(queue full) = %v; want queue_full with a retry delay", err)
@@ -227,7 +227,7 @@ func TestEarliestDeadlineRunsFirst(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err, _ := run(e, d, testJob("", 64, 2), func(ev Event) {
+			_, _, err := run(e, d, testJob("", 64, 2), func(ev Event) {
 				if ev.Kind == EventStarted {
 					mu.Lock()
 					order = append(order, name)
@@ -253,7 +253,7 @@ func TestAdmission(t *testing.T) {
 	t.Run("refused at once when it cannot finish", func(t *testing.T) {
 		e := newPool(t, Config{Workers: 1, Admission: true, SecondsPerMegapixelStep: 1, Cancellation: true})
 		start := time.Now()
-		_, err, _ := run(e, 2*time.Second, big(), nil)
+		_, _, err := run(e, 2*time.Second, big(), nil)
 		took := time.Since(start)
 		var je *Error
 		if KindOf(err) != KindTooLate || !asError(err, &je) || je.Estimate < 30*time.Second {
@@ -268,7 +268,7 @@ func TestAdmission(t *testing.T) {
 	})
 	t.Run("off: runs and times out", func(t *testing.T) {
 		e := newPool(t, Config{Workers: 1, Admission: false, SecondsPerMegapixelStep: 1, Cancellation: true})
-		_, err, _ := run(e, 500*time.Millisecond, big(), nil)
+		_, _, err := run(e, 500*time.Millisecond, big(), nil)
 		var je *Error
 		if KindOf(err) != KindDeadline || !asError(err, &je) || je.StepsDone == 0 {
 			t.Fatalf("Run(31s job, 500ms, admission off) = %v; want deadline after some steps", err)
@@ -281,7 +281,7 @@ func TestAdmission(t *testing.T) {
 		done := make(chan struct{})
 		go func() { defer close(done); _, _ = e.Run(ctx, testJob("slow=200ms", 512, 30), nil) }()
 		waitFor(t, 10*time.Second, "the first job to start", func() bool { return slot0(e).State == StateBusy })
-		_, err, _ := run(e, 2500*time.Millisecond, testJob("", 512, 30), nil)
+		_, _, err := run(e, 2500*time.Millisecond, testJob("", 512, 30), nil)
 		var je *Error
 		if KindOf(err) != KindOverloaded || !asError(err, &je) || je.RetryAfter <= 0 {
 			t.Fatalf("Run(1.6s job behind a 1.6s job, 2.5s deadline) = %v; want overloaded with a retry delay", err)
@@ -303,7 +303,7 @@ func TestCalibrationAtStart(t *testing.T) {
 func TestNaivePoolRunsJobToTheEnd(t *testing.T) {
 	e := newPool(t, Config{Workers: 1, Cancellation: false, Admission: false})
 	pid := slot0(e).PID
-	_, err, late := run(e, 200*time.Millisecond, testJob("slow=50ms", 64, 20), nil)
+	_, late, err := run(e, 200*time.Millisecond, testJob("slow=50ms", 64, 20), nil)
 	if KindOf(err) != KindDeadline || late > 100*time.Millisecond {
 		t.Fatalf("Run(1s job, 200ms, naive) = %v, %v late; want deadline at the deadline", err, late)
 	}

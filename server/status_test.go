@@ -181,7 +181,7 @@ func TestStatusFromJobInternal(t *testing.T) {
 // invalidStatus validates req with the real protovalidate validator and
 // builds the status as the go-grpc-middleware protovalidate interceptor
 // does: INVALID_ARGUMENT with the buf.validate.Violations as detail.
-func invalidStatus(t *testing.T, req proto.Message) (error, *validate.Violations) {
+func invalidStatus(t *testing.T, req proto.Message) (*validate.Violations, error) {
 	t.Helper()
 	v, err := protovalidate.New()
 	if err != nil {
@@ -197,7 +197,7 @@ func invalidStatus(t *testing.T, req proto.Message) (error, *validate.Violations
 	if err != nil {
 		t.Fatalf("WithDetails(%v) = %v", vs, err)
 	}
-	return st.Err(), vs
+	return vs, st.Err()
 }
 
 func fieldsOf(br *errdetails.BadRequest) []string {
@@ -232,7 +232,7 @@ func TestBadRequestDetails(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			in, vs := invalidStatus(t, tt.req)
+			vs, in := invalidStatus(t, tt.req)
 			got := badRequestDetails(in)
 			st, ok := status.FromError(got)
 			if !ok || st.Code() != codes.InvalidArgument {

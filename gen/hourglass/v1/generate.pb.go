@@ -239,9 +239,12 @@ type GenerateRequest struct {
 	// Model name; empty means the server's default model.
 	Model string `protobuf:"bytes,12,opt,name=model,proto3" json:"model,omitempty"`
 	// Image encoding. Unset means PNG.
-	OutputFormat  OutputFormat `protobuf:"varint,13,opt,name=output_format,json=outputFormat,proto3,enum=hourglass.v1.OutputFormat" json:"output_format,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OutputFormat OutputFormat `protobuf:"varint,13,opt,name=output_format,json=outputFormat,proto3,enum=hourglass.v1.OutputFormat" json:"output_format,omitempty"`
+	// GenerateStream only: send a small JPEG preview of the image being
+	// sampled every this many steps. 0 (the default) sends none.
+	PreviewEveryNSteps uint32 `protobuf:"varint,14,opt,name=preview_every_n_steps,json=previewEveryNSteps,proto3" json:"preview_every_n_steps,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -365,6 +368,104 @@ func (x *GenerateRequest) GetOutputFormat() OutputFormat {
 	return OutputFormat_OUTPUT_FORMAT_UNSPECIFIED
 }
 
+func (x *GenerateRequest) GetPreviewEveryNSteps() uint32 {
+	if x != nil {
+		return x.PreviewEveryNSteps
+	}
+	return 0
+}
+
+// Preview is a small, lossy look at an image while it is being sampled.
+type Preview struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// JPEG bytes; the long side is at most 256 pixels.
+	Data []byte `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// "image/jpeg".
+	MimeType string `protobuf:"bytes,2,opt,name=mime_type,json=mimeType,proto3" json:"mime_type,omitempty"`
+	// The image being sampled, from 0.
+	ImageIndex uint32 `protobuf:"varint,3,opt,name=image_index,json=imageIndex,proto3" json:"image_index,omitempty"`
+	// The step the preview shows, from 1.
+	Step uint32 `protobuf:"varint,4,opt,name=step,proto3" json:"step,omitempty"`
+	// Preview width in pixels.
+	Width uint32 `protobuf:"varint,5,opt,name=width,proto3" json:"width,omitempty"`
+	// Preview height in pixels.
+	Height        uint32 `protobuf:"varint,6,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Preview) Reset() {
+	*x = Preview{}
+	mi := &file_hourglass_v1_generate_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Preview) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Preview) ProtoMessage() {}
+
+func (x *Preview) ProtoReflect() protoreflect.Message {
+	mi := &file_hourglass_v1_generate_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Preview.ProtoReflect.Descriptor instead.
+func (*Preview) Descriptor() ([]byte, []int) {
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Preview) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *Preview) GetMimeType() string {
+	if x != nil {
+		return x.MimeType
+	}
+	return ""
+}
+
+func (x *Preview) GetImageIndex() uint32 {
+	if x != nil {
+		return x.ImageIndex
+	}
+	return 0
+}
+
+func (x *Preview) GetStep() uint32 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *Preview) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *Preview) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
 // Image is one generated image.
 type Image struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -386,7 +487,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[1]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +499,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[1]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +512,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{1}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Image) GetData() []byte {
@@ -479,7 +580,7 @@ type GenerateStats struct {
 
 func (x *GenerateStats) Reset() {
 	*x = GenerateStats{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[2]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +592,7 @@ func (x *GenerateStats) String() string {
 func (*GenerateStats) ProtoMessage() {}
 
 func (x *GenerateStats) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[2]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +605,7 @@ func (x *GenerateStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateStats.ProtoReflect.Descriptor instead.
 func (*GenerateStats) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{2}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GenerateStats) GetQueueWait() *durationpb.Duration {
@@ -569,7 +670,7 @@ type GenerateResponse struct {
 
 func (x *GenerateResponse) Reset() {
 	*x = GenerateResponse{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[3]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +682,7 @@ func (x *GenerateResponse) String() string {
 func (*GenerateResponse) ProtoMessage() {}
 
 func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[3]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +695,7 @@ func (x *GenerateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateResponse.ProtoReflect.Descriptor instead.
 func (*GenerateResponse) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{3}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateResponse) GetImages() []*Image {
@@ -623,6 +724,7 @@ type GenerateEvent struct {
 	//	*GenerateEvent_Progress_
 	//	*GenerateEvent_Image
 	//	*GenerateEvent_Done_
+	//	*GenerateEvent_Preview
 	Event         isGenerateEvent_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -630,7 +732,7 @@ type GenerateEvent struct {
 
 func (x *GenerateEvent) Reset() {
 	*x = GenerateEvent{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[4]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +744,7 @@ func (x *GenerateEvent) String() string {
 func (*GenerateEvent) ProtoMessage() {}
 
 func (x *GenerateEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[4]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +757,7 @@ func (x *GenerateEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateEvent.ProtoReflect.Descriptor instead.
 func (*GenerateEvent) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GenerateEvent) GetEvent() isGenerateEvent_Event {
@@ -710,6 +812,15 @@ func (x *GenerateEvent) GetDone() *GenerateEvent_Done {
 	return nil
 }
 
+func (x *GenerateEvent) GetPreview() *Preview {
+	if x != nil {
+		if x, ok := x.Event.(*GenerateEvent_Preview); ok {
+			return x.Preview
+		}
+	}
+	return nil
+}
+
 type isGenerateEvent_Event interface {
 	isGenerateEvent_Event()
 }
@@ -739,6 +850,11 @@ type GenerateEvent_Done_ struct {
 	Done *GenerateEvent_Done `protobuf:"bytes,5,opt,name=done,proto3,oneof"`
 }
 
+type GenerateEvent_Preview struct {
+	// A preview, when the request asked for them.
+	Preview *Preview `protobuf:"bytes,6,opt,name=preview,proto3,oneof"`
+}
+
 func (*GenerateEvent_Queued_) isGenerateEvent_Event() {}
 
 func (*GenerateEvent_Started_) isGenerateEvent_Event() {}
@@ -749,6 +865,8 @@ func (*GenerateEvent_Image) isGenerateEvent_Event() {}
 
 func (*GenerateEvent_Done_) isGenerateEvent_Event() {}
 
+func (*GenerateEvent_Preview) isGenerateEvent_Event() {}
+
 // GetServerInfoRequest is empty.
 type GetServerInfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -758,7 +876,7 @@ type GetServerInfoRequest struct {
 
 func (x *GetServerInfoRequest) Reset() {
 	*x = GetServerInfoRequest{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[5]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +888,7 @@ func (x *GetServerInfoRequest) String() string {
 func (*GetServerInfoRequest) ProtoMessage() {}
 
 func (x *GetServerInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[5]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +901,7 @@ func (x *GetServerInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetServerInfoRequest) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{6}
 }
 
 // Model is a model the workers can run.
@@ -799,7 +917,7 @@ type Model struct {
 
 func (x *Model) Reset() {
 	*x = Model{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[6]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +929,7 @@ func (x *Model) String() string {
 func (*Model) ProtoMessage() {}
 
 func (x *Model) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[6]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +942,7 @@ func (x *Model) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Model.ProtoReflect.Descriptor instead.
 func (*Model) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{6}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Model) GetName() string {
@@ -858,7 +976,7 @@ type Limits struct {
 
 func (x *Limits) Reset() {
 	*x = Limits{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[7]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +988,7 @@ func (x *Limits) String() string {
 func (*Limits) ProtoMessage() {}
 
 func (x *Limits) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[7]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1001,7 @@ func (x *Limits) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Limits.ProtoReflect.Descriptor instead.
 func (*Limits) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{7}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Limits) GetMaxCostPixelSteps() uint64 {
@@ -938,7 +1056,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[8]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1068,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[8]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1081,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{8}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WorkerInfo) GetId() string {
@@ -1036,7 +1154,7 @@ type GetServerInfoResponse struct {
 
 func (x *GetServerInfoResponse) Reset() {
 	*x = GetServerInfoResponse{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[9]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1166,7 @@ func (x *GetServerInfoResponse) String() string {
 func (*GetServerInfoResponse) ProtoMessage() {}
 
 func (x *GetServerInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[9]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1179,7 @@ func (x *GetServerInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetServerInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{9}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetServerInfoResponse) GetVersion() string {
@@ -1106,7 +1224,8 @@ func (x *GetServerInfoResponse) GetQueueDepth() uint32 {
 	return 0
 }
 
-// Queued: the job waits for a worker.
+// Queued: the job waits for a worker. Sent when it is queued and again
+// whenever its position changes.
 type GenerateEvent_Queued struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Jobs ahead of this one, 0 when it is next.
@@ -1117,7 +1236,7 @@ type GenerateEvent_Queued struct {
 
 func (x *GenerateEvent_Queued) Reset() {
 	*x = GenerateEvent_Queued{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1248,7 @@ func (x *GenerateEvent_Queued) String() string {
 func (*GenerateEvent_Queued) ProtoMessage() {}
 
 func (x *GenerateEvent_Queued) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1261,7 @@ func (x *GenerateEvent_Queued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateEvent_Queued.ProtoReflect.Descriptor instead.
 func (*GenerateEvent_Queued) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4, 0}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5, 0}
 }
 
 func (x *GenerateEvent_Queued) GetPosition() uint32 {
@@ -1165,7 +1284,7 @@ type GenerateEvent_Started struct {
 
 func (x *GenerateEvent_Started) Reset() {
 	*x = GenerateEvent_Started{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1296,7 @@ func (x *GenerateEvent_Started) String() string {
 func (*GenerateEvent_Started) ProtoMessage() {}
 
 func (x *GenerateEvent_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1309,7 @@ func (x *GenerateEvent_Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateEvent_Started.ProtoReflect.Descriptor instead.
 func (*GenerateEvent_Started) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4, 1}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5, 1}
 }
 
 func (x *GenerateEvent_Started) GetWorkerId() string {
@@ -1224,7 +1343,7 @@ type GenerateEvent_Progress struct {
 
 func (x *GenerateEvent_Progress) Reset() {
 	*x = GenerateEvent_Progress{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1355,7 @@ func (x *GenerateEvent_Progress) String() string {
 func (*GenerateEvent_Progress) ProtoMessage() {}
 
 func (x *GenerateEvent_Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1368,7 @@ func (x *GenerateEvent_Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateEvent_Progress.ProtoReflect.Descriptor instead.
 func (*GenerateEvent_Progress) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4, 2}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5, 2}
 }
 
 func (x *GenerateEvent_Progress) GetStep() uint32 {
@@ -1291,7 +1410,7 @@ type GenerateEvent_Done struct {
 
 func (x *GenerateEvent_Done) Reset() {
 	*x = GenerateEvent_Done{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1303,7 +1422,7 @@ func (x *GenerateEvent_Done) String() string {
 func (*GenerateEvent_Done) ProtoMessage() {}
 
 func (x *GenerateEvent_Done) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1316,7 +1435,7 @@ func (x *GenerateEvent_Done) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateEvent_Done.ProtoReflect.Descriptor instead.
 func (*GenerateEvent_Done) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{4, 3}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{5, 3}
 }
 
 func (x *GenerateEvent_Done) GetStats() *GenerateStats {
@@ -1330,7 +1449,7 @@ var File_hourglass_v1_generate_proto protoreflect.FileDescriptor
 
 const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\n" +
-	"\x1bhourglass/v1/generate.proto\x12\fhourglass.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\xd8\x06\n" +
+	"\x1bhourglass/v1/generate.proto\x12\fhourglass.v1\x1a\x1bbuf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\"\x95\a\n" +
 	"\x0fGenerateRequest\x12 \n" +
 	"\x06prompt\x18\x01 \x01(\tB\b\xbaH\x05r\x03\x18\xa0\x1fR\x06prompt\x121\n" +
 	"\x0fnegative_prompt\x18\x02 \x01(\tB\b\xbaH\x05r\x03\x18\xa0\x1fR\x0enegativePrompt\x12*\n" +
@@ -1351,7 +1470,8 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\tsharpness\x18\v \x01(\x02B\x11\xbaH\x0e\n" +
 	"\f@\x01\x1d\x00\x00\xf0A-\x00\x00\x00\x00H\x06R\tsharpness\x88\x01\x01\x12\x1e\n" +
 	"\x05model\x18\f \x01(\tB\b\xbaH\x05r\x03\x18\x80\x01R\x05model\x12I\n" +
-	"\routput_format\x18\r \x01(\x0e2\x1a.hourglass.v1.OutputFormatB\b\xbaH\x05\x82\x01\x02\x10\x01R\foutputFormatB\b\n" +
+	"\routput_format\x18\r \x01(\x0e2\x1a.hourglass.v1.OutputFormatB\b\xbaH\x05\x82\x01\x02\x10\x01R\foutputFormat\x12;\n" +
+	"\x15preview_every_n_steps\x18\x0e \x01(\rB\b\xbaH\x05*\x03\x18\x96\x01R\x12previewEveryNStepsB\b\n" +
 	"\x06_stepsB\b\n" +
 	"\x06_widthB\t\n" +
 	"\a_heightB\x0e\n" +
@@ -1359,7 +1479,15 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x05_seedB\x11\n" +
 	"\x0f_guidance_scaleB\f\n" +
 	"\n" +
-	"_sharpness\"\x90\x01\n" +
+	"_sharpness\"\x9d\x01\n" +
+	"\aPreview\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
+	"\tmime_type\x18\x02 \x01(\tR\bmimeType\x12\x1f\n" +
+	"\vimage_index\x18\x03 \x01(\rR\n" +
+	"imageIndex\x12\x12\n" +
+	"\x04step\x18\x04 \x01(\rR\x04step\x12\x14\n" +
+	"\x05width\x18\x05 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x06 \x01(\rR\x06height\"\x90\x01\n" +
 	"\x05Image\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x1b\n" +
 	"\tmime_type\x18\x02 \x01(\tR\bmimeType\x12\x12\n" +
@@ -1380,13 +1508,14 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x05model\x18\a \x01(\tR\x05model\"r\n" +
 	"\x10GenerateResponse\x12+\n" +
 	"\x06images\x18\x01 \x03(\v2\x13.hourglass.v1.ImageR\x06images\x121\n" +
-	"\x05stats\x18\x02 \x01(\v2\x1b.hourglass.v1.GenerateStatsR\x05stats\"\xd9\x04\n" +
+	"\x05stats\x18\x02 \x01(\v2\x1b.hourglass.v1.GenerateStatsR\x05stats\"\x8c\x05\n" +
 	"\rGenerateEvent\x12<\n" +
 	"\x06queued\x18\x01 \x01(\v2\".hourglass.v1.GenerateEvent.QueuedH\x00R\x06queued\x12?\n" +
 	"\astarted\x18\x02 \x01(\v2#.hourglass.v1.GenerateEvent.StartedH\x00R\astarted\x12B\n" +
 	"\bprogress\x18\x03 \x01(\v2$.hourglass.v1.GenerateEvent.ProgressH\x00R\bprogress\x12+\n" +
 	"\x05image\x18\x04 \x01(\v2\x13.hourglass.v1.ImageH\x00R\x05image\x126\n" +
-	"\x04done\x18\x05 \x01(\v2 .hourglass.v1.GenerateEvent.DoneH\x00R\x04done\x1a$\n" +
+	"\x04done\x18\x05 \x01(\v2 .hourglass.v1.GenerateEvent.DoneH\x00R\x04done\x121\n" +
+	"\apreview\x18\x06 \x01(\v2\x15.hourglass.v1.PreviewH\x00R\apreview\x1a$\n" +
 	"\x06Queued\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\rR\bposition\x1a:\n" +
 	"\aStarted\x12\x1b\n" +
@@ -1465,57 +1594,59 @@ func file_hourglass_v1_generate_proto_rawDescGZIP() []byte {
 }
 
 var file_hourglass_v1_generate_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hourglass_v1_generate_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_hourglass_v1_generate_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_hourglass_v1_generate_proto_goTypes = []any{
 	(Performance)(0),               // 0: hourglass.v1.Performance
 	(OutputFormat)(0),              // 1: hourglass.v1.OutputFormat
 	(WorkerState)(0),               // 2: hourglass.v1.WorkerState
 	(*GenerateRequest)(nil),        // 3: hourglass.v1.GenerateRequest
-	(*Image)(nil),                  // 4: hourglass.v1.Image
-	(*GenerateStats)(nil),          // 5: hourglass.v1.GenerateStats
-	(*GenerateResponse)(nil),       // 6: hourglass.v1.GenerateResponse
-	(*GenerateEvent)(nil),          // 7: hourglass.v1.GenerateEvent
-	(*GetServerInfoRequest)(nil),   // 8: hourglass.v1.GetServerInfoRequest
-	(*Model)(nil),                  // 9: hourglass.v1.Model
-	(*Limits)(nil),                 // 10: hourglass.v1.Limits
-	(*WorkerInfo)(nil),             // 11: hourglass.v1.WorkerInfo
-	(*GetServerInfoResponse)(nil),  // 12: hourglass.v1.GetServerInfoResponse
-	(*GenerateEvent_Queued)(nil),   // 13: hourglass.v1.GenerateEvent.Queued
-	(*GenerateEvent_Started)(nil),  // 14: hourglass.v1.GenerateEvent.Started
-	(*GenerateEvent_Progress)(nil), // 15: hourglass.v1.GenerateEvent.Progress
-	(*GenerateEvent_Done)(nil),     // 16: hourglass.v1.GenerateEvent.Done
-	(*durationpb.Duration)(nil),    // 17: google.protobuf.Duration
+	(*Preview)(nil),                // 4: hourglass.v1.Preview
+	(*Image)(nil),                  // 5: hourglass.v1.Image
+	(*GenerateStats)(nil),          // 6: hourglass.v1.GenerateStats
+	(*GenerateResponse)(nil),       // 7: hourglass.v1.GenerateResponse
+	(*GenerateEvent)(nil),          // 8: hourglass.v1.GenerateEvent
+	(*GetServerInfoRequest)(nil),   // 9: hourglass.v1.GetServerInfoRequest
+	(*Model)(nil),                  // 10: hourglass.v1.Model
+	(*Limits)(nil),                 // 11: hourglass.v1.Limits
+	(*WorkerInfo)(nil),             // 12: hourglass.v1.WorkerInfo
+	(*GetServerInfoResponse)(nil),  // 13: hourglass.v1.GetServerInfoResponse
+	(*GenerateEvent_Queued)(nil),   // 14: hourglass.v1.GenerateEvent.Queued
+	(*GenerateEvent_Started)(nil),  // 15: hourglass.v1.GenerateEvent.Started
+	(*GenerateEvent_Progress)(nil), // 16: hourglass.v1.GenerateEvent.Progress
+	(*GenerateEvent_Done)(nil),     // 17: hourglass.v1.GenerateEvent.Done
+	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
 }
 var file_hourglass_v1_generate_proto_depIdxs = []int32{
 	0,  // 0: hourglass.v1.GenerateRequest.performance:type_name -> hourglass.v1.Performance
 	1,  // 1: hourglass.v1.GenerateRequest.output_format:type_name -> hourglass.v1.OutputFormat
-	17, // 2: hourglass.v1.GenerateStats.queue_wait:type_name -> google.protobuf.Duration
-	17, // 3: hourglass.v1.GenerateStats.run_time:type_name -> google.protobuf.Duration
-	4,  // 4: hourglass.v1.GenerateResponse.images:type_name -> hourglass.v1.Image
-	5,  // 5: hourglass.v1.GenerateResponse.stats:type_name -> hourglass.v1.GenerateStats
-	13, // 6: hourglass.v1.GenerateEvent.queued:type_name -> hourglass.v1.GenerateEvent.Queued
-	14, // 7: hourglass.v1.GenerateEvent.started:type_name -> hourglass.v1.GenerateEvent.Started
-	15, // 8: hourglass.v1.GenerateEvent.progress:type_name -> hourglass.v1.GenerateEvent.Progress
-	4,  // 9: hourglass.v1.GenerateEvent.image:type_name -> hourglass.v1.Image
-	16, // 10: hourglass.v1.GenerateEvent.done:type_name -> hourglass.v1.GenerateEvent.Done
-	17, // 11: hourglass.v1.Limits.default_timeout:type_name -> google.protobuf.Duration
-	17, // 12: hourglass.v1.Limits.max_timeout:type_name -> google.protobuf.Duration
-	2,  // 13: hourglass.v1.WorkerInfo.state:type_name -> hourglass.v1.WorkerState
-	9,  // 14: hourglass.v1.GetServerInfoResponse.models:type_name -> hourglass.v1.Model
-	10, // 15: hourglass.v1.GetServerInfoResponse.limits:type_name -> hourglass.v1.Limits
-	11, // 16: hourglass.v1.GetServerInfoResponse.workers:type_name -> hourglass.v1.WorkerInfo
-	5,  // 17: hourglass.v1.GenerateEvent.Done.stats:type_name -> hourglass.v1.GenerateStats
-	3,  // 18: hourglass.v1.GenerateService.Generate:input_type -> hourglass.v1.GenerateRequest
-	3,  // 19: hourglass.v1.GenerateService.GenerateStream:input_type -> hourglass.v1.GenerateRequest
-	8,  // 20: hourglass.v1.GenerateService.GetServerInfo:input_type -> hourglass.v1.GetServerInfoRequest
-	6,  // 21: hourglass.v1.GenerateService.Generate:output_type -> hourglass.v1.GenerateResponse
-	7,  // 22: hourglass.v1.GenerateService.GenerateStream:output_type -> hourglass.v1.GenerateEvent
-	12, // 23: hourglass.v1.GenerateService.GetServerInfo:output_type -> hourglass.v1.GetServerInfoResponse
-	21, // [21:24] is the sub-list for method output_type
-	18, // [18:21] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	18, // 2: hourglass.v1.GenerateStats.queue_wait:type_name -> google.protobuf.Duration
+	18, // 3: hourglass.v1.GenerateStats.run_time:type_name -> google.protobuf.Duration
+	5,  // 4: hourglass.v1.GenerateResponse.images:type_name -> hourglass.v1.Image
+	6,  // 5: hourglass.v1.GenerateResponse.stats:type_name -> hourglass.v1.GenerateStats
+	14, // 6: hourglass.v1.GenerateEvent.queued:type_name -> hourglass.v1.GenerateEvent.Queued
+	15, // 7: hourglass.v1.GenerateEvent.started:type_name -> hourglass.v1.GenerateEvent.Started
+	16, // 8: hourglass.v1.GenerateEvent.progress:type_name -> hourglass.v1.GenerateEvent.Progress
+	5,  // 9: hourglass.v1.GenerateEvent.image:type_name -> hourglass.v1.Image
+	17, // 10: hourglass.v1.GenerateEvent.done:type_name -> hourglass.v1.GenerateEvent.Done
+	4,  // 11: hourglass.v1.GenerateEvent.preview:type_name -> hourglass.v1.Preview
+	18, // 12: hourglass.v1.Limits.default_timeout:type_name -> google.protobuf.Duration
+	18, // 13: hourglass.v1.Limits.max_timeout:type_name -> google.protobuf.Duration
+	2,  // 14: hourglass.v1.WorkerInfo.state:type_name -> hourglass.v1.WorkerState
+	10, // 15: hourglass.v1.GetServerInfoResponse.models:type_name -> hourglass.v1.Model
+	11, // 16: hourglass.v1.GetServerInfoResponse.limits:type_name -> hourglass.v1.Limits
+	12, // 17: hourglass.v1.GetServerInfoResponse.workers:type_name -> hourglass.v1.WorkerInfo
+	6,  // 18: hourglass.v1.GenerateEvent.Done.stats:type_name -> hourglass.v1.GenerateStats
+	3,  // 19: hourglass.v1.GenerateService.Generate:input_type -> hourglass.v1.GenerateRequest
+	3,  // 20: hourglass.v1.GenerateService.GenerateStream:input_type -> hourglass.v1.GenerateRequest
+	9,  // 21: hourglass.v1.GenerateService.GetServerInfo:input_type -> hourglass.v1.GetServerInfoRequest
+	7,  // 22: hourglass.v1.GenerateService.Generate:output_type -> hourglass.v1.GenerateResponse
+	8,  // 23: hourglass.v1.GenerateService.GenerateStream:output_type -> hourglass.v1.GenerateEvent
+	13, // 24: hourglass.v1.GenerateService.GetServerInfo:output_type -> hourglass.v1.GetServerInfoResponse
+	22, // [22:25] is the sub-list for method output_type
+	19, // [19:22] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_hourglass_v1_generate_proto_init() }
@@ -1524,12 +1655,13 @@ func file_hourglass_v1_generate_proto_init() {
 		return
 	}
 	file_hourglass_v1_generate_proto_msgTypes[0].OneofWrappers = []any{}
-	file_hourglass_v1_generate_proto_msgTypes[4].OneofWrappers = []any{
+	file_hourglass_v1_generate_proto_msgTypes[5].OneofWrappers = []any{
 		(*GenerateEvent_Queued_)(nil),
 		(*GenerateEvent_Started_)(nil),
 		(*GenerateEvent_Progress_)(nil),
 		(*GenerateEvent_Image)(nil),
 		(*GenerateEvent_Done_)(nil),
+		(*GenerateEvent_Preview)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1537,7 +1669,7 @@ func file_hourglass_v1_generate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hourglass_v1_generate_proto_rawDesc), len(file_hourglass_v1_generate_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -58,9 +58,11 @@ type Job struct {
 	// Test-only fault to inject, such as "hang" or "slow=200ms". The executor
 	// sets it only when the server runs with --unsafe-fault-injection, and
 	// the built-in worker honours it only when it runs with that flag too.
-	Fault         string `protobuf:"bytes,15,opt,name=fault,proto3" json:"fault,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Fault string `protobuf:"bytes,15,opt,name=fault,proto3" json:"fault,omitempty"`
+	// Send a Preview every this many steps; 0 means none.
+	PreviewEveryNSteps uint32 `protobuf:"varint,16,opt,name=preview_every_n_steps,json=previewEveryNSteps,proto3" json:"preview_every_n_steps,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -198,6 +200,13 @@ func (x *Job) GetFault() string {
 	return ""
 }
 
+func (x *Job) GetPreviewEveryNSteps() uint32 {
+	if x != nil {
+		return x.PreviewEveryNSteps
+	}
+	return 0
+}
+
 // RunRequest asks a worker to run one job.
 type RunRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -317,6 +326,7 @@ type RunResponse struct {
 	//
 	//	*RunResponse_Progress
 	//	*RunResponse_Image
+	//	*RunResponse_Preview
 	Event         isRunResponse_Event `protobuf_oneof:"event"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -377,6 +387,15 @@ func (x *RunResponse) GetImage() *v1.Image {
 	return nil
 }
 
+func (x *RunResponse) GetPreview() *v1.Preview {
+	if x != nil {
+		if x, ok := x.Event.(*RunResponse_Preview); ok {
+			return x.Preview
+		}
+	}
+	return nil
+}
+
 type isRunResponse_Event interface {
 	isRunResponse_Event()
 }
@@ -391,9 +410,16 @@ type RunResponse_Image struct {
 	Image *v1.Image `protobuf:"bytes,2,opt,name=image,proto3,oneof"`
 }
 
+type RunResponse_Preview struct {
+	// A preview of the image being sampled (when the job asked for them).
+	Preview *v1.Preview `protobuf:"bytes,3,opt,name=preview,proto3,oneof"`
+}
+
 func (*RunResponse_Progress) isRunResponse_Event() {}
 
 func (*RunResponse_Image) isRunResponse_Event() {}
+
+func (*RunResponse_Preview) isRunResponse_Event() {}
 
 // DescribeRequest is empty.
 type DescribeRequest struct {
@@ -600,7 +626,7 @@ var File_hourglass_worker_v1_worker_proto protoreflect.FileDescriptor
 
 const file_hourglass_worker_v1_worker_proto_rawDesc = "" +
 	"\n" +
-	" hourglass/worker/v1/worker.proto\x12\x13hourglass.worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bhourglass/v1/generate.proto\"\xd1\x03\n" +
+	" hourglass/worker/v1/worker.proto\x12\x13hourglass.worker.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bhourglass/v1/generate.proto\"\x84\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12'\n" +
@@ -618,7 +644,8 @@ const file_hourglass_worker_v1_worker_proto_rawDesc = "" +
 	"\x05model\x18\f \x01(\tR\x05model\x12?\n" +
 	"\routput_format\x18\r \x01(\x0e2\x1a.hourglass.v1.OutputFormatR\foutputFormat\x126\n" +
 	"\bdeadline\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\bdeadline\x12\x14\n" +
-	"\x05fault\x18\x0f \x01(\tR\x05fault\"8\n" +
+	"\x05fault\x18\x0f \x01(\tR\x05fault\x121\n" +
+	"\x15preview_every_n_steps\x18\x10 \x01(\rR\x12previewEveryNSteps\"8\n" +
 	"\n" +
 	"RunRequest\x12*\n" +
 	"\x03job\x18\x01 \x01(\v2\x18.hourglass.worker.v1.JobR\x03job\"`\n" +
@@ -627,10 +654,11 @@ const file_hourglass_worker_v1_worker_proto_rawDesc = "" +
 	"\vtotal_steps\x18\x02 \x01(\rR\n" +
 	"totalSteps\x12\x1f\n" +
 	"\vimage_index\x18\x03 \x01(\rR\n" +
-	"imageIndex\"\x80\x01\n" +
+	"imageIndex\"\xb3\x01\n" +
 	"\vRunResponse\x12;\n" +
 	"\bprogress\x18\x01 \x01(\v2\x1d.hourglass.worker.v1.ProgressH\x00R\bprogress\x12+\n" +
-	"\x05image\x18\x02 \x01(\v2\x13.hourglass.v1.ImageH\x00R\x05imageB\a\n" +
+	"\x05image\x18\x02 \x01(\v2\x13.hourglass.v1.ImageH\x00R\x05image\x121\n" +
+	"\apreview\x18\x03 \x01(\v2\x15.hourglass.v1.PreviewH\x00R\apreviewB\a\n" +
 	"\x05event\"\x11\n" +
 	"\x0fDescribeRequest\"5\n" +
 	"\x05Model\x12\x12\n" +
@@ -673,23 +701,25 @@ var file_hourglass_worker_v1_worker_proto_goTypes = []any{
 	(v1.OutputFormat)(0),          // 7: hourglass.v1.OutputFormat
 	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 	(*v1.Image)(nil),              // 9: hourglass.v1.Image
+	(*v1.Preview)(nil),            // 10: hourglass.v1.Preview
 }
 var file_hourglass_worker_v1_worker_proto_depIdxs = []int32{
-	7, // 0: hourglass.worker.v1.Job.output_format:type_name -> hourglass.v1.OutputFormat
-	8, // 1: hourglass.worker.v1.Job.deadline:type_name -> google.protobuf.Timestamp
-	0, // 2: hourglass.worker.v1.RunRequest.job:type_name -> hourglass.worker.v1.Job
-	2, // 3: hourglass.worker.v1.RunResponse.progress:type_name -> hourglass.worker.v1.Progress
-	9, // 4: hourglass.worker.v1.RunResponse.image:type_name -> hourglass.v1.Image
-	5, // 5: hourglass.worker.v1.DescribeResponse.models:type_name -> hourglass.worker.v1.Model
-	1, // 6: hourglass.worker.v1.WorkerService.Run:input_type -> hourglass.worker.v1.RunRequest
-	4, // 7: hourglass.worker.v1.WorkerService.Describe:input_type -> hourglass.worker.v1.DescribeRequest
-	3, // 8: hourglass.worker.v1.WorkerService.Run:output_type -> hourglass.worker.v1.RunResponse
-	6, // 9: hourglass.worker.v1.WorkerService.Describe:output_type -> hourglass.worker.v1.DescribeResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: hourglass.worker.v1.Job.output_format:type_name -> hourglass.v1.OutputFormat
+	8,  // 1: hourglass.worker.v1.Job.deadline:type_name -> google.protobuf.Timestamp
+	0,  // 2: hourglass.worker.v1.RunRequest.job:type_name -> hourglass.worker.v1.Job
+	2,  // 3: hourglass.worker.v1.RunResponse.progress:type_name -> hourglass.worker.v1.Progress
+	9,  // 4: hourglass.worker.v1.RunResponse.image:type_name -> hourglass.v1.Image
+	10, // 5: hourglass.worker.v1.RunResponse.preview:type_name -> hourglass.v1.Preview
+	5,  // 6: hourglass.worker.v1.DescribeResponse.models:type_name -> hourglass.worker.v1.Model
+	1,  // 7: hourglass.worker.v1.WorkerService.Run:input_type -> hourglass.worker.v1.RunRequest
+	4,  // 8: hourglass.worker.v1.WorkerService.Describe:input_type -> hourglass.worker.v1.DescribeRequest
+	3,  // 9: hourglass.worker.v1.WorkerService.Run:output_type -> hourglass.worker.v1.RunResponse
+	6,  // 10: hourglass.worker.v1.WorkerService.Describe:output_type -> hourglass.worker.v1.DescribeResponse
+	9,  // [9:11] is the sub-list for method output_type
+	7,  // [7:9] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_hourglass_worker_v1_worker_proto_init() }
@@ -700,6 +730,7 @@ func file_hourglass_worker_v1_worker_proto_init() {
 	file_hourglass_worker_v1_worker_proto_msgTypes[3].OneofWrappers = []any{
 		(*RunResponse_Progress)(nil),
 		(*RunResponse_Image)(nil),
+		(*RunResponse_Preview)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
