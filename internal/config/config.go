@@ -27,6 +27,47 @@ type Config struct {
 	// hourglass with a naive FIFO pool (both off). Leave them on.
 	Admission    Admission    `yaml:"admission"`
 	Cancellation Cancellation `yaml:"cancellation"`
+	Auth         Auth         `yaml:"auth"`
+	TLS          TLS          `yaml:"tls"`
+	Tenants      Tenants      `yaml:"tenants"`
+	Metrics      Metrics      `yaml:"metrics"`
+}
+
+// Auth configures caller authentication.
+type Auth struct {
+	// TokensFile, when set, requires every call (but health and
+	// reflection) to carry "authorization: Bearer TOKEN". Each line of the
+	// file is "TENANT SHA256-HEX-OF-TOKEN"; "#" starts a comment. The file
+	// holds hashes only, so it holds no usable secret.
+	TokensFile string `yaml:"tokens_file"`
+}
+
+// TLS configures transport security. Cert and Key together turn TLS on;
+// ClientCA additionally requires client certificates signed by it, whose
+// subject common name then names the caller's tenant.
+type TLS struct {
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	ClientCA string `yaml:"client_ca"`
+}
+
+// Tenants bounds what one tenant may use, so that one tenant flooding
+// cannot starve another. Zero values mean no limit.
+type Tenants struct {
+	// MaxConcurrent is the most jobs one tenant may have queued or running.
+	MaxConcurrent int `yaml:"max_concurrent"`
+	// WorkerSecondsPerSecond refills each tenant's worker-time budget: 1.0
+	// lets a tenant keep one worker busy all the time.
+	WorkerSecondsPerSecond float64 `yaml:"worker_seconds_per_second"`
+	// BurstWorkerSeconds is the budget's capacity: how much worker time a
+	// tenant may use at once after being idle.
+	BurstWorkerSeconds float64 `yaml:"burst_worker_seconds"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Listen is the TCP address of the /metrics page; empty means off.
+	Listen string `yaml:"listen"`
 }
 
 // Workers configures the worker processes.
@@ -57,6 +98,9 @@ type Timeouts struct {
 	Heartbeat time.Duration `yaml:"heartbeat"`
 	// WorkerStart bounds how long a worker process may take to serve.
 	WorkerStart time.Duration `yaml:"worker_start"`
+	// Drain is how long a stopping server lets running jobs finish before
+	// cancelling them with UNAVAILABLE.
+	Drain time.Duration `yaml:"drain"`
 }
 
 // Queue configures the queue of jobs waiting for a worker.
@@ -108,6 +152,7 @@ func Default() Config {
 			CancelGrace: 2 * time.Second,
 			Heartbeat:   30 * time.Second,
 			WorkerStart: 30 * time.Second,
+			Drain:       30 * time.Second,
 		},
 		Queue: Queue{Max: 256},
 		// 2048×2048 at 150 steps, or 1024×1024 × 30 steps × 32 images,
