@@ -1,6 +1,11 @@
 // Package config is the one place where hourglassd's settings are declared,
-// given defaults, loaded from YAML and validated. Every default is visible in
-// Default; every key a YAML file may use is a field below.
+// given defaults, loaded and validated. Every default is visible in Default;
+// every key a YAML file may use is a field below, and every key has an
+// environment variable that overrides it (see env.go for the naming rule).
+//
+// Precedence, lowest first: Default, the YAML file, HOURGLASS_* environment
+// variables (Load), flags (applied by hourglassd after Load, followed by
+// another Validate).
 package config
 
 import (
@@ -52,21 +57,29 @@ type TLS struct {
 }
 
 // Tenants bounds what one tenant may use, so that one tenant flooding
-// cannot starve another. Zero values mean no limit.
+// cannot starve another. All zero (the default) means no limit. The quota
+// package enforces these.
 type Tenants struct {
-	// MaxConcurrent is the most jobs one tenant may have queued or running.
+	// MaxConcurrent is the most jobs one tenant may have queued or running;
+	// 0 means no limit.
 	MaxConcurrent int `yaml:"max_concurrent"`
 	// WorkerSecondsPerSecond refills each tenant's worker-time budget: 1.0
-	// lets a tenant keep one worker busy all the time.
+	// lets a tenant keep one worker busy all the time. 0 means no budget.
 	WorkerSecondsPerSecond float64 `yaml:"worker_seconds_per_second"`
 	// BurstWorkerSeconds is the budget's capacity: how much worker time a
-	// tenant may use at once after being idle.
+	// tenant may use at once after being idle. It is set together with
+	// WorkerSecondsPerSecond or not at all: a rate with no burst admits
+	// nothing, and a burst with no rate is a lifetime limit. It is not
+	// filled in when only the rate is set, so that every value in effect
+	// is one the operator can see; 60 (one default deadline's worth) is a
+	// reasonable start.
 	BurstWorkerSeconds float64 `yaml:"burst_worker_seconds"`
 }
 
 // Metrics configures the Prometheus endpoint.
 type Metrics struct {
-	// Listen is the TCP address of the /metrics page; empty means off.
+	// Listen is the TCP address of the /metrics page; empty means off. It
+	// is not checked here: the listener reports a bad address.
 	Listen string `yaml:"listen"`
 }
 
@@ -163,18 +176,38 @@ func Default() Config {
 	}
 }
 
-// Load reads a YAML file over the defaults. An unknown key is an error that
-// names it, so a typo never silently leaves a default in place.
-func Load(path string) (Config, error) {
+// Load returns the effective configuration: Default, then the YAML file at
+// path (none when path is ""), then the HOURGLASS_* variables in environ
+// (os.Environ's "KEY=VALUE" form), then Validate. An unknown YAML key, an
+// unknown HOURGLASS_* variable or a bad value is an error that names it, so a
+// typo never silently leaves a default in place.
+func Load(path string, environ []string) (Config, error) {
 	cfg := Default()
-	data, err := os.ReadFile(path)
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("read config: %w", err)
+		}
+		if err := decodeStrict(data, &cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	setBy, err := applyEnv(&cfg, environ)
 	if err != nil {
-		return cfg, fmt.Errorf("read config: %w", err)
+		return cfg, err
 	}
-	if err := decodeStrict(data, &cfg); err != nil {
-		return cfg, fmt.Errorf("config %s: %w", path, err)
+	normalize(&cfg)
+	if err := checkNotMasked(&cfg); err != nil {
+		return cfg, err
 	}
-	return cfg, cfg.Validate()
+	if err := cfg.Validate(); err != nil {
+		var ke *keyError
+		if errors.As(err, &ke) && setBy[ke.key] != "" {
+			return cfg, fmt.Errorf("%w (set by %s)", err, setBy[ke.key])
+		}
+		return cfg, err
+	}
+	return cfg, nil
 }
 
 func decodeStrict(data []byte, cfg *Config) error {
@@ -189,35 +222,71 @@ func decodeStrict(data []byte, cfg *Config) error {
 	return nil
 }
 
-// Validate reports the first setting that cannot work, naming its key.
+// keyError is a setting that cannot work; key is its YAML key path, so Load
+// can add which environment variable set it.
+type keyError struct {
+	key, problem string
+}
+
+func (e *keyError) Error() string { return e.key + ": " + e.problem }
+
+func invalid(key, format string, args ...any) error {
+	return &keyError{key: key, problem: fmt.Sprintf(format, args...)}
+}
+
+// Validate reports the first setting that cannot work, naming its key. It
+// reads nothing but c, so hourglassd can call it again after applying flags.
 func (c Config) Validate() error {
 	switch {
 	case c.Listen == "":
-		return errors.New("listen: must not be empty")
+		return invalid("listen", "must not be empty")
 	case c.Workers.Count < 1 || c.Workers.Count > 256:
-		return fmt.Errorf("workers.count: %d is outside 1..256", c.Workers.Count)
+		return invalid("workers.count", "%d is outside 1..256", c.Workers.Count)
 	case c.Workers.Spares < 0 || c.Workers.Spares > 64:
-		return fmt.Errorf("workers.spares: %d is outside 0..64", c.Workers.Spares)
+		return invalid("workers.spares", "%d is outside 0..64", c.Workers.Spares)
 	case c.Timeouts.Default <= 0:
-		return fmt.Errorf("timeouts.default: %v must be positive", c.Timeouts.Default)
+		return invalid("timeouts.default", "%v must be positive", c.Timeouts.Default)
 	case c.Timeouts.Max <= 0:
-		return fmt.Errorf("timeouts.max: %v must be positive", c.Timeouts.Max)
+		return invalid("timeouts.max", "%v must be positive", c.Timeouts.Max)
 	case c.Timeouts.Default > c.Timeouts.Max:
-		return fmt.Errorf("timeouts.default: %v is longer than timeouts.max %v", c.Timeouts.Default, c.Timeouts.Max)
+		return invalid("timeouts.default", "%v is longer than timeouts.max %v", c.Timeouts.Default, c.Timeouts.Max)
 	case c.Timeouts.CancelGrace <= 0:
-		return fmt.Errorf("timeouts.cancel_grace: %v must be positive", c.Timeouts.CancelGrace)
+		return invalid("timeouts.cancel_grace", "%v must be positive", c.Timeouts.CancelGrace)
 	case c.Timeouts.Heartbeat <= 0:
-		return fmt.Errorf("timeouts.heartbeat: %v must be positive", c.Timeouts.Heartbeat)
+		return invalid("timeouts.heartbeat", "%v must be positive", c.Timeouts.Heartbeat)
 	case c.Timeouts.WorkerStart <= 0:
-		return fmt.Errorf("timeouts.worker_start: %v must be positive", c.Timeouts.WorkerStart)
+		return invalid("timeouts.worker_start", "%v must be positive", c.Timeouts.WorkerStart)
+	case c.Timeouts.Drain <= 0:
+		return invalid("timeouts.drain", "%v must be positive", c.Timeouts.Drain)
 	case c.Queue.Max < 0:
-		return fmt.Errorf("queue.max: %d must not be negative", c.Queue.Max)
+		return invalid("queue.max", "%d must not be negative", c.Queue.Max)
 	case c.Limits.MaxCostPixelSteps == 0:
-		return errors.New("limits.max_cost_pixel_steps: must be positive")
-	case !(c.Admission.SecondsPerMegapixelStep >= 0) || math.IsInf(c.Admission.SecondsPerMegapixelStep, 0):
-		return fmt.Errorf("admission.seconds_per_megapixel_step: %v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
+		return invalid("limits.max_cost_pixel_steps", "must be positive")
+	case !finiteNonNegative(c.Admission.SecondsPerMegapixelStep):
+		return invalid("admission.seconds_per_megapixel_step", "%v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
 	case c.Admission.Overhead < 0:
-		return fmt.Errorf("admission.overhead: %v must not be negative", c.Admission.Overhead)
+		return invalid("admission.overhead", "%v must not be negative", c.Admission.Overhead)
+	case c.TLS.Cert != "" && c.TLS.Key == "":
+		return invalid("tls.key", "must be set with tls.cert")
+	case c.TLS.Key != "" && c.TLS.Cert == "":
+		return invalid("tls.cert", "must be set with tls.key")
+	case c.TLS.ClientCA != "" && c.TLS.Cert == "":
+		return invalid("tls.client_ca", "needs tls.cert and tls.key: client certificates are checked only over TLS")
+	case c.Tenants.MaxConcurrent < 0:
+		return invalid("tenants.max_concurrent", "%d must not be negative (0 means no limit)", c.Tenants.MaxConcurrent)
+	case !finiteNonNegative(c.Tenants.WorkerSecondsPerSecond):
+		return invalid("tenants.worker_seconds_per_second", "%v must be a finite number >= 0 (0 means no limit)", c.Tenants.WorkerSecondsPerSecond)
+	case !finiteNonNegative(c.Tenants.BurstWorkerSeconds):
+		return invalid("tenants.burst_worker_seconds", "%v must be a finite number >= 0", c.Tenants.BurstWorkerSeconds)
+	case c.Tenants.WorkerSecondsPerSecond > 0 && c.Tenants.BurstWorkerSeconds == 0:
+		return invalid("tenants.burst_worker_seconds", "must be positive when tenants.worker_seconds_per_second is set: an empty budget admits nothing")
+	case c.Tenants.WorkerSecondsPerSecond == 0 && c.Tenants.BurstWorkerSeconds > 0:
+		return invalid("tenants.worker_seconds_per_second", "must be positive when tenants.burst_worker_seconds is set: a budget that never refills is a lifetime limit")
 	}
 	return nil
+}
+
+// finiteNonNegative is false for NaN, which every comparison rejects.
+func finiteNonNegative(f float64) bool {
+	return f >= 0 && !math.IsInf(f, 0)
 }
