@@ -13,6 +13,8 @@ import (
 	"time"
 
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 )
@@ -36,6 +38,14 @@ type Options struct {
 	// after ctx is cancelled, and again how long it may take to stop once
 	// its call is cancelled. Zero means DefaultStopTimeout.
 	StopTimeout time.Duration
+	// TracerProvider traces Run calls, as children of the executor's span
+	// when the call carries its trace context, and each Generate inside
+	// them ("worker.generate"). Nil means otel's global provider, which is
+	// a no-op unless the program set one.
+	TracerProvider trace.TracerProvider
+	// MeterProvider receives otelgrpc's rpc.server.* metrics for Run. Nil
+	// means otel's global provider.
+	MeterProvider metric.MeterProvider
 }
 
 // Serve serves WorkerService on opts.SocketPath until ctx is cancelled, then
@@ -75,8 +85,10 @@ func Serve(ctx context.Context, opts Options) error {
 			MinTime:             time.Second,
 			PermitWithoutStream: true,
 		}),
+		grpc.StatsHandler(statsHandler(opts.TracerProvider, opts.MeterProvider)),
 	)
-	workerv1.RegisterWorkerServiceServer(srv, newService(opts.Generator, log))
+	gen := newTracedGenerator(opts.Generator, opts.TracerProvider)
+	workerv1.RegisterWorkerServiceServer(srv, newService(gen, log))
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()

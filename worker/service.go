@@ -104,6 +104,7 @@ func (s *service) Run(req *workerv1.RunRequest, stream grpc.ServerStreamingServe
 		"height", job.GetHeight(),
 		"image_count", job.GetImageCount(),
 		"styles", len(job.GetStyles()),
+		"preview_every_n_steps", job.GetPreviewEveryNSteps(),
 		// Never the prompt text: its length and a short hash are enough to
 		// correlate a job with the caller's own records.
 		"prompt_len", len(job.GetPrompt()),
@@ -127,6 +128,7 @@ func (s *service) Run(req *workerv1.RunRequest, stream grpc.ServerStreamingServe
 		"duration", time.Since(start),
 		"steps_reported", out.progressCount(),
 		"images_sent", out.imageCount(),
+		"previews_sent", out.previewCount(),
 		"outcome", status.Code(st).String(),
 	}
 	switch {
@@ -250,6 +252,7 @@ type emitter struct {
 	closed   bool
 	progress int
 	images   int
+	previews int
 }
 
 func (e *emitter) Progress(step, totalSteps, imageIndex uint32) error {
@@ -265,6 +268,13 @@ func (e *emitter) Image(img *hourglassv1.Image) error {
 		return errors.New("worker: nil image")
 	}
 	return e.send(&workerv1.RunResponse{Event: &workerv1.RunResponse_Image{Image: img}}, &e.images)
+}
+
+func (e *emitter) Preview(p *hourglassv1.Preview) error {
+	if p == nil {
+		return errors.New("worker: nil preview")
+	}
+	return e.send(&workerv1.RunResponse{Event: &workerv1.RunResponse_Preview{Preview: p}}, &e.previews)
 }
 
 func (e *emitter) send(resp *workerv1.RunResponse, counter *int) error {
@@ -306,4 +316,10 @@ func (e *emitter) imageCount() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.images
+}
+
+func (e *emitter) previewCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.previews
 }

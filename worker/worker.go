@@ -47,7 +47,8 @@ type Generator interface {
 	// Generate runs one validated job. It must call out.Progress after every
 	// step and return that call's error at once when it is non-nil: that is
 	// how a cancelled or expired job stops at the next step. Images go to
-	// out.Image as soon as each is encoded.
+	// out.Image as soon as each is encoded. When job.PreviewEveryNSteps is
+	// non-zero it may also send previews to out.Preview; they are optional.
 	//
 	// Return ErrOutOfMemory (possibly wrapped) when the device ran out of
 	// memory, an *InvalidJobError for a job this generator cannot run, and
@@ -59,7 +60,8 @@ type Generator interface {
 //
 // Its methods are safe for concurrent use, and they fail once Generate has
 // returned, so a goroutine a generator forgot to stop cannot write into the
-// next job's stream.
+// next job's stream. Progress and Image are the job's result; previews
+// (Preview) are an optional extra that a generator may skip.
 type Emitter interface {
 	// Progress reports that step (from 1) of totalSteps finished for image
 	// imageIndex (from 0). It doubles as the worker's heartbeat and as its
@@ -68,6 +70,15 @@ type Emitter interface {
 	Progress(step, totalSteps, imageIndex uint32) error
 	// Image sends one finished, encoded image.
 	Image(img *hourglassv1.Image) error
+	// Preview sends a small, lossy look at the image being sampled: a JPEG
+	// whose long side is at most 256 pixels, for the step (from 1) and image
+	// (from 0) it names. Previews are optional and lossy: send them only
+	// when the job's PreviewEveryNSteps is non-zero, at most every that many
+	// steps, and skip any (or all) that would cost too much; the executor
+	// may drop them for slow readers, and nothing may depend on one
+	// arriving. Like Progress, it returns the context's error once the
+	// job's context is done, and the generator must then return that error.
+	Preview(p *hourglassv1.Preview) error
 }
 
 // Description is what Describe reports besides the busy state, which the

@@ -172,7 +172,11 @@ func (w *testWorker) waitIdle(t *testing.T) {
 type runResult struct {
 	progress []*workerv1.Progress
 	images   []*hourglassv1.Image
-	err      error
+	previews []*hourglassv1.Preview
+	// order is the kind of every event as it arrived: 'p'rogress,
+	// 'i'mage or pre'v'iew.
+	order string
+	err   error
 }
 
 // run calls Run and collects the whole stream.
@@ -195,8 +199,13 @@ func (w *testWorker) run(ctx context.Context, job *workerv1.Job) runResult {
 		switch ev := resp.GetEvent().(type) {
 		case *workerv1.RunResponse_Progress:
 			res.progress = append(res.progress, ev.Progress)
+			res.order += "p"
 		case *workerv1.RunResponse_Image:
 			res.images = append(res.images, ev.Image)
+			res.order += "i"
+		case *workerv1.RunResponse_Preview:
+			res.previews = append(res.previews, ev.Preview)
+			res.order += "v"
 		}
 	}
 }

@@ -164,6 +164,10 @@ func (e *faultEmitter) Image(img *hourglassv1.Image) error {
 	return e.ignoreCancel(e.out.Image(img))
 }
 
+func (e *faultEmitter) Preview(p *hourglassv1.Preview) error {
+	return e.ignoreCancel(e.out.Preview(p))
+}
+
 // ignoreCancel drops the error of a cancelled call under ignore-cancel, so
 // the generator keeps going as a worker that never checks would.
 func (e *faultEmitter) ignoreCancel(err error) error {

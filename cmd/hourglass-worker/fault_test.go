@@ -97,6 +97,8 @@ func (e *ctxEmitter) Image(*hourglassv1.Image) error {
 	return nil
 }
 
+func (e *ctxEmitter) Preview(*hourglassv1.Preview) error { return e.ctx.Err() }
+
 func TestFaultGenerator(t *testing.T) {
 	tests := []struct {
 		name      string

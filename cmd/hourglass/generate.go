@@ -30,6 +30,9 @@ type generateConfig struct {
 	req    *hourglassv1.GenerateRequest
 	output string // -o; empty names files by seed
 	json   bool
+	// previewDir is --preview-dir: where previews are written; empty
+	// writes none.
+	previewDir string
 }
 
 // performances maps --performance values to the proto enum.
@@ -110,6 +113,7 @@ func parseGenerateArgs(args []string, out io.Writer) (*generateConfig, error) {
 		perf, format                string
 		styles                      stringList
 		width, height, steps, count uint32Value
+		previewEvery                uint32Value
 		seed                        uint64
 		guidance, sharpness         float32Value
 	)
@@ -129,6 +133,8 @@ func parseGenerateArgs(args []string, out io.Writer) (*generateConfig, error) {
 	fs.StringVar(&format, "format", "", "image `FORMAT`: png or jpeg; server default png")
 	fs.StringVar(&cfg.output, "o", "", "output `FILE`; several images become FILE-0.png, FILE-1.png, ... (default hourglass-SEED.png)")
 	fs.StringVar(&cfg.output, "output", "", "same as -o `FILE`")
+	fs.Var(&previewEvery, "preview-every", "ask for a small JPEG preview of the image being sampled every `N` steps (0, the default, asks for none); previews are shown as progress lines, and saved with --preview-dir")
+	fs.StringVar(&cfg.previewDir, "preview-dir", "", "write previews to `DIR` as preview-IMAGE-STEP.jpg (IMAGE from 0), creating DIR if needed; needs --preview-every")
 	fs.BoolVar(&cfg.json, "json", false, "print the job's stats and files as one JSON object on stdout (protojson conventions: 64-bit integers as strings)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: hourglass generate --prompt TEXT [flags]\n\nRun a text-to-image job, show its progress on stderr, save its images\nand print their paths on stdout.\n\nFlags:\n")
@@ -149,11 +155,15 @@ func parseGenerateArgs(args []string, out io.Writer) (*generateConfig, error) {
 	if prompt == "" {
 		return nil, usagef("generate: --prompt is required")
 	}
+	if cfg.previewDir != "" && previewEvery == 0 {
+		return nil, usagef("generate: --preview-dir needs --preview-every N with N > 0")
+	}
 	req := &hourglassv1.GenerateRequest{
-		Prompt:         prompt,
-		NegativePrompt: negative,
-		Styles:         styles,
-		Model:          model,
+		Prompt:             prompt,
+		NegativePrompt:     negative,
+		Styles:             styles,
+		Model:              model,
+		PreviewEveryNSteps: uint32(previewEvery),
 	}
 	var err error
 	if format != "" {
@@ -194,6 +204,14 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
+	var previews *previewSaver
+	if cfg.previewDir != "" {
+		// Before the job: a directory that cannot be made is a local
+		// mistake, better reported before the server spends time on it.
+		if previews, err = newPreviewSaver(cfg.previewDir); err != nil {
+			return err
+		}
+	}
 	conn, err := cfg.conn.connect()
 	if err != nil {
 		return err
@@ -207,7 +225,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	out := newImageSaver(cfg.output)
 	defer out.discard()
 
-	stats, err := generate(ctx, hourglassv1.NewGenerateServiceClient(conn), cfg.req, prog, out)
+	stats, err := generate(ctx, hourglassv1.NewGenerateServiceClient(conn), cfg.req, prog, out, previews)
 	if err != nil {
 		return err
 	}
@@ -226,9 +244,10 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 }
 
 // generate runs one streamed job: it reports each event to prog, hands each
-// image to out as it arrives and returns the stats of the done event. The
-// call's deadline is ctx's.
-func generate(ctx context.Context, client hourglassv1.GenerateServiceClient, req *hourglassv1.GenerateRequest, prog progress, out *imageSaver) (*hourglassv1.GenerateStats, error) {
+// image to out as it arrives, writes each preview with previews (when it is
+// not nil) and returns the stats of the done event. The call's deadline is
+// ctx's.
+func generate(ctx context.Context, client hourglassv1.GenerateServiceClient, req *hourglassv1.GenerateRequest, prog progress, out *imageSaver, previews *previewSaver) (*hourglassv1.GenerateStats, error) {
 	stream, err := client.GenerateStream(ctx, req)
 	if err != nil {
 		return nil, err
@@ -249,6 +268,14 @@ func generate(ctx context.Context, client hourglassv1.GenerateServiceClient, req
 			prog.started(e.Started.GetWorkerId(), e.Started.GetSeed())
 		case *hourglassv1.GenerateEvent_Progress_:
 			prog.step(e.Progress)
+		case *hourglassv1.GenerateEvent_Preview:
+			path := ""
+			if previews != nil {
+				if path, err = previews.save(e.Preview); err != nil {
+					return nil, err
+				}
+			}
+			prog.preview(e.Preview, path)
 		case *hourglassv1.GenerateEvent_Image:
 			prog.image(e.Image)
 			if err := out.add(e.Image); err != nil {

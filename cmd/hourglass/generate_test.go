@@ -47,6 +47,21 @@ func TestParseGenerateArgs(t *testing.T) {
 			},
 		},
 		{
+			name: "previews",
+			args: []string{"--prompt", "a cat", "--preview-every", "5"},
+			want: &hourglassv1.GenerateRequest{Prompt: "a cat", PreviewEveryNSteps: 5},
+		},
+		{
+			name: "previews saved",
+			args: []string{"--prompt", "a cat", "--preview-every=1", "--preview-dir", "previews"},
+			want: &hourglassv1.GenerateRequest{Prompt: "a cat", PreviewEveryNSteps: 1},
+		},
+		{
+			name: "previews explicitly off",
+			args: []string{"--prompt", "a cat", "--preview-every", "0"},
+			want: &hourglassv1.GenerateRequest{Prompt: "a cat"},
+		},
+		{
 			name: "single-dash flags and = syntax",
 			args: []string{"-prompt=x", "-performance=extreme-speed", "-format=png"},
 			want: &hourglassv1.GenerateRequest{Prompt: "x", Performance: hourglassv1.Performance_PERFORMANCE_EXTREME_SPEED, OutputFormat: hourglassv1.OutputFormat_OUTPUT_FORMAT_PNG},
@@ -103,6 +118,10 @@ func TestParseGenerateArgsErrors(t *testing.T) {
 		{"empty addr", []string{"--prompt", "x", "--addr", ","}, "empty address"},
 		{"unknown flag", []string{"--prompt", "x", "--upscale"}, "flag provided but not defined"},
 		{"stray argument", []string{"--prompt", "a", "cat"}, `unexpected argument "cat"`},
+		{"preview dir without previews", []string{"--prompt", "x", "--preview-dir", "p"}, "--preview-dir needs --preview-every"},
+		{"preview dir with previews off", []string{"--prompt", "x", "--preview-every", "0", "--preview-dir", "p"}, "--preview-dir needs --preview-every"},
+		{"preview every not a number", []string{"--prompt", "x", "--preview-every", "often"}, "invalid value"},
+		{"negative preview every", []string{"--prompt", "x", "--preview-every", "-2"}, "invalid value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,6 +168,25 @@ func TestConnFlags(t *testing.T) {
 				t.Errorf("timeout = %v, want %v", cfg.conn.timeout, tt.wantTimeout)
 			}
 		})
+	}
+}
+
+func TestPreviewDirFlag(t *testing.T) {
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--preview-every", "3"}, ""},
+		{[]string{"--preview-every", "3", "--preview-dir", "out/previews"}, "out/previews"},
+	}
+	for _, tt := range tests {
+		cfg, err := parseGenerateArgs(append([]string{"--prompt", "x"}, tt.args...), io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.previewDir != tt.want {
+			t.Errorf("%q: previewDir %q, want %q", tt.args, cfg.previewDir, tt.want)
+		}
 	}
 }
 

@@ -83,6 +83,10 @@ func (f *fakeServer) GenerateStream(req *hourglassv1.GenerateRequest, stream grp
 			events = append(events, &hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Progress_{
 				Progress: &hourglassv1.GenerateEvent_Progress{Step: s + 1, TotalSteps: steps, ImageIndex: i,
 					Percent: float32(i*steps+s+1) * 100 / float32(count*steps)}}})
+			if n := req.GetPreviewEveryNSteps(); n > 0 && (s+1)%n == 0 && s+1 < steps {
+				events = append(events, &hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Preview{Preview: &hourglassv1.Preview{
+					Data: fmt.Appendf(nil, "preview %d/%d", i, s+1), MimeType: "image/jpeg", ImageIndex: i, Step: s + 1, Width: 32, Height: 32}}})
+			}
 		}
 		events = append(events, &hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Image{Image: &hourglassv1.Image{
 			Data: fmt.Appendf(nil, "image %d", i), MimeType: mime, Seed: seed + uint64(i), Width: 64, Height: 64, Index: i}}})
@@ -237,6 +241,99 @@ func TestGenerateNamesBySeed(t *testing.T) {
 	}
 	if fake.hadDeadline.Load() {
 		t.Error("--timeout 0 still sent a deadline")
+	}
+}
+
+func TestGeneratePreviews(t *testing.T) {
+	tests := []struct {
+		name      string
+		args      []string
+		wantLines []string          // on stderr
+		wantFiles map[string]string // in the preview directory
+	}{
+		{
+			name:      "none asked",
+			wantFiles: map[string]string{},
+		},
+		{
+			name:      "shown, not saved",
+			args:      []string{"--preview-every", "2"},
+			wantLines: []string{"preview: image 1/2, step 2, 32x32\n", "preview: image 2/2, step 2, 32x32\n"},
+			wantFiles: map[string]string{},
+		},
+		{
+			name: "every step but the last, saved",
+			args: []string{"--preview-every", "1", "--preview-dir", "{dir}"},
+			wantLines: []string{
+				"preview: image 1/2, step 1, 32x32, saved as {dir}/preview-0-1.jpg\n",
+				"preview: image 2/2, step 3, 32x32, saved as {dir}/preview-1-3.jpg\n",
+			},
+			wantFiles: map[string]string{
+				"preview-0-1.jpg": "preview 0/1", "preview-0-2.jpg": "preview 0/2", "preview-0-3.jpg": "preview 0/3",
+				"preview-1-1.jpg": "preview 1/1", "preview-1-2.jpg": "preview 1/2", "preview-1-3.jpg": "preview 1/3",
+			},
+		},
+		{
+			name:      "saved into a directory that does not exist yet",
+			args:      []string{"--preview-every", "2", "--preview-dir", "{dir}/new/previews"},
+			wantLines: []string{"saved as {dir}/new/previews/preview-1-2.jpg\n"},
+			wantFiles: map[string]string{"new": ""},
+		},
+	}
+	_, addr := startServer(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			work, dir := t.TempDir(), t.TempDir()
+			args := []string{"generate", "--addr", addr, "--prompt", "cat", "--count", "2", "-o", filepath.Join(work, "cat.png")}
+			for _, a := range tt.args {
+				args = append(args, strings.ReplaceAll(a, "{dir}", dir))
+			}
+			r := runCLI(t.Context(), args...)
+			if r.code != 0 {
+				t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
+			}
+			// Previews never reach stdout, which lists the images only.
+			if want := filepath.Join(work, "cat-0.png") + "\n" + filepath.Join(work, "cat-1.png") + "\n"; r.stdout != want {
+				t.Errorf("stdout %q, want %q", r.stdout, want)
+			}
+			for _, want := range tt.wantLines {
+				if want = strings.ReplaceAll(want, "{dir}", dir); !strings.Contains(r.stderr, want) {
+					t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
+				}
+			}
+			if len(tt.wantLines) == 0 && strings.Contains(r.stderr, "preview") {
+				t.Errorf("stderr mentions previews none were asked for:\n%s", r.stderr)
+			}
+			got := dirNames(t, dir)
+			if len(got) != len(tt.wantFiles) {
+				t.Errorf("preview dir holds %v, want %d entries", got, len(tt.wantFiles))
+			}
+			for name, content := range tt.wantFiles {
+				if content == "" {
+					continue
+				}
+				if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != content {
+					t.Errorf("%s = %q, %v; want %q", name, b, err, content)
+				}
+			}
+			if got := dirNames(t, work); !slices.Equal(got, []string{"cat-0.png", "cat-1.png"}) {
+				t.Errorf("work dir holds %v", got)
+			}
+		})
+	}
+}
+
+// A preview directory that cannot be made fails before the call: nothing
+// listens at the address.
+func TestGeneratePreviewDirError(t *testing.T) {
+	addr := "127.0.0.1:1"
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t.Context(), "generate", "--addr", addr, "--prompt", "cat", "--preview-every", "1", "--preview-dir", filepath.Join(file, "sub"))
+	if r.code != exitLocal || !strings.Contains(r.stderr, "hourglass: preview directory: ") {
+		t.Errorf("exit %d, want %d; stderr:\n%s", r.code, exitLocal, r.stderr)
 	}
 }
 

@@ -16,6 +16,9 @@ type progress interface {
 	started(workerID string, seed uint64)
 	step(p *hourglassv1.GenerateEvent_Progress)
 	image(img *hourglassv1.Image)
+	// preview reports a preview; path is where it was written, empty when
+	// it was not.
+	preview(p *hourglassv1.Preview, path string)
 	done(stats *hourglassv1.GenerateStats)
 	// finish ends any partly drawn line; it is safe to call more than once.
 	finish()
@@ -96,6 +99,16 @@ func (p *lineProgress) image(img *hourglassv1.Image) {
 		img.GetMimeType(), len(img.GetData()))
 }
 
+// preview writes one line per preview: the caller chose how often they
+// come with --preview-every.
+func (p *lineProgress) preview(pv *hourglassv1.Preview, path string) {
+	line := fmt.Sprintf("preview: %s, step %d, %dx%d", imageLabel(pv.GetImageIndex(), p.images), pv.GetStep(), pv.GetWidth(), pv.GetHeight())
+	if path != "" {
+		line += ", saved as " + path
+	}
+	fmt.Fprintln(p.w, line)
+}
+
 func (p *lineProgress) done(s *hourglassv1.GenerateStats) {
 	fmt.Fprintln(p.w, summary(s))
 }
@@ -133,6 +146,10 @@ func (p *ttyProgress) step(e *hourglassv1.GenerateEvent_Progress) {
 }
 
 func (p *ttyProgress) image(*hourglassv1.Image) {}
+
+// preview shows nothing on a terminal: the status line already tracks the
+// steps, and saved previews are where --preview-dir says.
+func (p *ttyProgress) preview(*hourglassv1.Preview, string) {}
 
 func (p *ttyProgress) done(s *hourglassv1.GenerateStats) {
 	p.finish()

@@ -29,10 +29,27 @@ func BenchmarkStep512(b *testing.B) { benchmarkStep(b, 512) }
 // BenchmarkStep2048 is one sampling step at the largest size.
 func BenchmarkStep2048(b *testing.B) { benchmarkStep(b, 2048) }
 
+func benchmarkPreview(b *testing.B, side int) {
+	x := make([]float32, side*side*3)
+	initLatent(x, rand.NewPCG(1, streamInit))
+	for b.Loop() {
+		if _, err := encodePreview(downscalePreview(x, side, side)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkPreview512 and BenchmarkPreview2048 are one preview (downscale
+// and JPEG encode) of a noisy latent; compare with BenchmarkStep512 and
+// BenchmarkStep2048: a preview must cost a small fraction of a step.
+func BenchmarkPreview512(b *testing.B)  { benchmarkPreview(b, 512) }
+func BenchmarkPreview2048(b *testing.B) { benchmarkPreview(b, 2048) }
+
 // discard is an Emitter that drops everything.
 type discard struct{ bytes int }
 
 func (*discard) Progress(uint32, uint32, uint32) error { return nil }
+func (*discard) Preview(*hourglassv1.Preview) error    { return nil }
 func (d *discard) Image(img *hourglassv1.Image) error {
 	d.bytes = len(img.GetData())
 	return nil

@@ -25,13 +25,20 @@ type recorder struct {
 	mu       sync.Mutex
 	progress []*workerv1.Progress
 	images   []*hourglassv1.Image
+	previews []*hourglassv1.Preview
+	// order is the kind of every event as it arrived: 'p'rogress, 'i'mage
+	// or pre'v'iew.
+	order string
 	// onProgress, when set, decides what Progress returns.
 	onProgress func(n int) error
+	// onPreview, when set, decides what Preview returns.
+	onPreview func(n int) error
 }
 
 func (r *recorder) Progress(step, total, index uint32) error {
 	r.mu.Lock()
 	r.progress = append(r.progress, &workerv1.Progress{Step: step, TotalSteps: total, ImageIndex: index})
+	r.order += "p"
 	n := len(r.progress)
 	r.mu.Unlock()
 	if r.onProgress != nil {
@@ -44,6 +51,19 @@ func (r *recorder) Image(img *hourglassv1.Image) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.images = append(r.images, img)
+	r.order += "i"
+	return nil
+}
+
+func (r *recorder) Preview(p *hourglassv1.Preview) error {
+	r.mu.Lock()
+	r.previews = append(r.previews, p)
+	r.order += "v"
+	n := len(r.previews)
+	r.mu.Unlock()
+	if r.onPreview != nil {
+		return r.onPreview(n)
+	}
 	return nil
 }
 
