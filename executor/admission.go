@@ -58,12 +58,8 @@ func (e *Executor) queueWaitLocked(j *job) time.Duration {
 			backlog += max(0, s.job.estimate-now.Sub(s.jobStart))
 		}
 	}
-	for _, q := range e.queue.items {
-		if e.queue.before(q, j) {
-			backlog += q.estimate
-		}
-	}
-	return backlog / time.Duration(len(e.slots))
+	_, queued := e.queue.ahead(j)
+	return (backlog + queued) / time.Duration(len(e.slots))
 }
 
 // calibrate measures a worker with two small jobs of different cost (after

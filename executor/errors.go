@@ -71,6 +71,9 @@ type Error struct {
 	// Estimate and Remaining explain an admission refusal: the predicted
 	// run time and the time that was left before the deadline.
 	Estimate, Remaining time.Duration
+	// RunTime is how long the job had been on a worker when it ended for
+	// its caller (0 if it never started), so its tenant pays for it.
+	RunTime time.Duration
 	// Cause is the underlying error, for logs.
 	Cause error
 }

@@ -27,6 +27,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
@@ -66,6 +71,12 @@ type Config struct {
 	// must not call back into the executor) when the pool gains its first
 	// live worker or loses its last.
 	OnServingChange func(serving bool)
+	// TracerProvider and MeterProvider receive the executor's spans
+	// (hourglass.admission, hourglass.queue, hourglass.execute, and the
+	// otelgrpc client spans of worker calls, which carry the trace to the
+	// workers) and metrics. Nil means no-op.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
 	// WorkerLogs receives the workers' stdout and stderr (default os.Stderr).
 	WorkerLogs io.Writer
 	// Logger receives the executor's own logs (default slog.Default()).
@@ -105,6 +116,8 @@ const (
 	EventProgress
 	// EventImage: an image finished.
 	EventImage
+	// EventPreview: a preview of the image being sampled.
+	EventPreview
 )
 
 // Event is one step in the life of a job, for streaming callers.
@@ -114,6 +127,7 @@ type Event struct {
 	WorkerID string
 	Progress *workerv1.Progress
 	Image    *hourglassv1.Image
+	Preview  *hourglassv1.Preview
 }
 
 // Result is a finished job.
@@ -138,6 +152,9 @@ type Executor struct {
 	log *slog.Logger
 	dir string // private 0700 runtime directory holding the sockets
 	est *estimator
+
+	tracer  trace.Tracer
+	metrics instruments
 
 	mu             sync.Mutex
 	slots          []*slot
@@ -178,6 +195,10 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	}
 	for i := range cfg.Workers {
 		e.slots = append(e.slots, &slot{id: fmt.Sprintf("w%d", i), state: StateStarting})
+	}
+	if err := e.initTelemetry(); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("executor: metrics: %w", err)
 	}
 
 	type started struct {
@@ -253,69 +274,87 @@ func (e *Executor) Estimate(spec *workerv1.Job) time.Duration {
 	return e.est.estimate(spec.GetModel(), megapixelSteps(spec))
 }
 
-// Run admits a job, queues it and waits for its result. It returns when the
-// job finished, or as soon as ctx ends: at the deadline with a KindDeadline
-// error, on cancellation with KindCanceled, never waiting for the worker.
-// ctx must carry a deadline. onEvent, if not nil, is called on Run's own
-// goroutine, in order, and never after Run returns.
-func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, onEvent func(Event)) (*Result, error) {
+// Run admits a job for tenant, queues it and waits for its result. It
+// returns when the job finished, or as soon as ctx ends: at the deadline
+// with a KindDeadline error, on cancellation with KindCanceled, never
+// waiting for the worker. ctx must carry a deadline. onEvent, if not nil, is
+// called on Run's own goroutine, in order, and never after Run returns;
+// progress events may be merged and previews dropped when onEvent is slow.
+func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, onEvent func(Event)) (*Result, error) {
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		return nil, &Error{Kind: KindInternal, Msg: "job has no deadline"}
 	}
-	if onEvent == nil {
-		onEvent = func(Event) {}
-	}
 	j := &job{
 		ctx:        ctx,
 		spec:       spec,
+		tenant:     tenant,
 		deadline:   deadline,
 		stepsTotal: spec.GetSteps() * spec.GetImageCount(),
 		estimate:   e.Estimate(spec),
 		enqueued:   time.Now(),
 		index:      -1,
-		events:     make(chan Event, 16),
-		gone:       make(chan struct{}),
+		position:   -1,
+		streaming:  onEvent != nil,
 		done:       make(chan struct{}),
+		notify:     make(chan struct{}, 1),
 	}
-	defer close(j.gone)
+	if onEvent == nil {
+		onEvent = func(Event) {}
+	}
+	deliver := func() {
+		for _, ev := range j.take() {
+			onEvent(ev)
+		}
+	}
 
+	_, admission := e.tracer.Start(ctx, "hourglass.admission", trace.WithAttributes(
+		attribute.String("hourglass.tenant", tenant),
+		attribute.String("hourglass.model", spec.GetModel()),
+		attribute.Int64("hourglass.estimate_ms", j.estimate.Milliseconds()),
+		attribute.Int64("hourglass.remaining_ms", time.Until(deadline).Milliseconds()),
+	))
 	e.mu.Lock()
 	if err := e.admitLocked(j); err != nil {
 		e.mu.Unlock()
+		e.metrics.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", KindOf(err).String())))
+		admission.SetStatus(codes.Error, KindOf(err).String())
+		admission.SetAttributes(attribute.String("hourglass.admission", KindOf(err).String()))
+		admission.End()
 		return nil, err
 	}
+	admission.SetAttributes(attribute.String("hourglass.admission", "admitted"))
+	admission.End()
+	_, j.queueSpan = e.tracer.Start(ctx, "hourglass.queue")
 	e.queue.push(j)
 	e.dispatchLocked()
-	position := -1
-	if j.index >= 0 {
-		position = e.queue.ahead(j)
-	}
+	e.postPositionsLocked() // j's own, and those it overtook
 	e.mu.Unlock()
-	if position >= 0 {
-		onEvent(Event{Kind: EventQueued, Position: position})
-	}
 
 	for {
 		select {
-		case ev := <-j.events:
-			onEvent(ev)
+		case <-j.notify:
+			deliver()
 		case <-j.done:
-			j.drain(onEvent)
-			return j.result, j.err
+			deliver()
+			return j.result, j.withRunTime(j.err)
 		case <-ctx.Done():
 			select {
 			case <-j.done: // finished at the same moment: the result wins
-				j.drain(onEvent)
-				return j.result, j.err
+				deliver()
+				return j.result, j.withRunTime(j.err)
 			default:
 			}
+			err := j.withRunTime(j.abandoned())
 			if e.cfg.Cancellation {
 				e.mu.Lock()
-				e.queue.remove(j)
+				if e.queue.remove(j) {
+					e.postPositionsLocked()
+					j.endQueueSpan("left the queue: " + KindOf(err).String())
+				}
 				e.mu.Unlock()
 			}
-			return nil, j.abandoned()
+			return nil, err
 		}
 	}
 }
@@ -323,7 +362,10 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, onEvent func(Eve
 // Close fails queued jobs, stops every worker and spare (SIGTERM, then
 // SIGKILL of its process group after StopGrace), waits for the executor's
 // goroutines and removes the runtime directory. Safe to call more than once.
-func (e *Executor) Close() {
+func (e *Executor) Close() { e.CloseWithin(e.cfg.StopGrace) }
+
+// CloseWithin is Close with another stop grace; 0 kills every worker at once.
+func (e *Executor) CloseWithin(grace time.Duration) {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -346,12 +388,13 @@ func (e *Executor) Close() {
 	e.mu.Unlock()
 
 	for _, j := range queued {
+		j.endQueueSpan("server shutting down")
 		j.finish(nil, &Error{Kind: KindUnavailable, Msg: "server is shutting down"})
 	}
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Add(1)
-		go func() { defer wg.Done(); w.stop(e.cfg.StopGrace) }()
+		go func() { defer wg.Done(); w.stop(grace) }()
 	}
 	wg.Wait()
 	e.wg.Wait()
@@ -364,47 +407,88 @@ func (e *Executor) Close() {
 type job struct {
 	ctx        context.Context
 	spec       *workerv1.Job
+	tenant     string
 	deadline   time.Time
 	stepsTotal uint32
 	estimate   time.Duration // predicted run time on an idle worker
 	enqueued   time.Time
-	index      int    // position in the queue heap, -1 when not queued
+	index      int    // position in its tenant's queue heap, -1 when not queued
 	seq        uint64 // arrival order, breaks deadline ties
+	streaming  bool   // the caller wants events (queue position updates)
+	queueSpan  trace.Span
+	position   int // last queue position reported; guarded by the executor's lock
 
 	stepsDone atomic.Uint32
-	events    chan Event
-	gone      chan struct{} // closed when Run returned: nobody reads events
+	started   atomic.Int64  // unix nanoseconds when a worker took it, 0 before
 	done      chan struct{} // closed by finish
 	result    *Result
 	err       error
+
+	// Events wait here for Run's goroutine. Posting never blocks, so a
+	// slow stream reader never stalls the worker: consecutive progress
+	// events merge into the latest, an unread preview is replaced by a
+	// newer one, and everything else (started, images) is kept in order.
+	evMu     sync.Mutex
+	pending  []Event
+	progress *Event
+	preview  *Event
+	notify   chan struct{} // capacity 1: "something is pending"
 }
 
-// send hands an event to Run; it never blocks once Run has returned.
-func (j *job) send(ev Event) {
-	select {
-	case j.events <- ev:
-	case <-j.gone:
+// endQueueSpan ends the job's hourglass.queue span; called once, under the
+// executor's lock, when the job leaves the queue.
+func (j *job) endQueueSpan(why string) {
+	j.queueSpan.SetAttributes(attribute.String("hourglass.queue.left", why))
+	j.queueSpan.End()
+}
+
+// post queues an event for Run's goroutine without ever blocking.
+func (j *job) post(ev Event) {
+	j.evMu.Lock()
+	switch ev.Kind {
+	case EventProgress:
+		j.progress = &ev
+	case EventPreview:
+		j.preview = &ev
+	default:
+		j.flushLocked()
+		j.pending = append(j.pending, ev)
 	}
+	j.evMu.Unlock()
+	select {
+	case j.notify <- struct{}{}:
+	default:
+	}
+}
+
+// flushLocked moves the merged progress and preview into the ordered list,
+// so that they stay before the event that follows them.
+func (j *job) flushLocked() {
+	if j.progress != nil {
+		j.pending = append(j.pending, *j.progress)
+		j.progress = nil
+	}
+	if j.preview != nil {
+		j.pending = append(j.pending, *j.preview)
+		j.preview = nil
+	}
+}
+
+// take returns the pending events in order and clears them.
+func (j *job) take() []Event {
+	j.evMu.Lock()
+	defer j.evMu.Unlock()
+	j.flushLocked()
+	out := j.pending
+	j.pending = nil
+	return out
 }
 
 // finish records the outcome. Called exactly once per dispatched or
-// drained job.
+// drained job, after its last post.
 func (j *job) finish(res *Result, err error) {
 	j.result, j.err = res, err
 	close(j.done)
-}
-
-// drain delivers events sent before finish; every send happened before
-// done was closed, so a non-blocking drain sees them all.
-func (j *job) drain(onEvent func(Event)) {
-	for {
-		select {
-		case ev := <-j.events:
-			onEvent(ev)
-		default:
-			return
-		}
-	}
 }
 
 // abandoned is the outcome of a job whose context ended first. The deadline
@@ -424,4 +508,26 @@ func (j *job) deadlineErr() error {
 	done, total := j.stepsDone.Load(), j.stepsTotal
 	return &Error{Kind: KindDeadline, StepsDone: done, StepsTotal: total,
 		Msg: fmt.Sprintf("deadline passed after %d of %d steps", done, total)}
+}
+
+// withRunTime records in a job error how long the job had been on a
+// worker, so that the tenant is charged for it.
+func (j *job) withRunTime(err error) error {
+	var je *Error
+	if started := j.started.Load(); started != 0 && errors.As(err, &je) {
+		je.RunTime = time.Since(time.Unix(0, started))
+	}
+	return err
+}
+
+// RunTime is how long a finished or failed job used a worker.
+func RunTime(res *Result, err error) time.Duration {
+	if res != nil {
+		return res.RunTime
+	}
+	var je *Error
+	if errors.As(err, &je) {
+		return je.RunTime
+	}
+	return 0
 }

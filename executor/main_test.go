@@ -129,7 +129,7 @@ func run(e *Executor, d time.Duration, job *workerv1.Job, onEvent func(Event)) (
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	job.Deadline = timestamppb.New(deadline)
-	res, err := e.Run(ctx, job, onEvent)
+	res, err := e.Run(ctx, job, "tenant", onEvent)
 	return res, time.Since(deadline), err
 }
 

@@ -152,7 +152,7 @@ func occupy(t *testing.T, e *Executor) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_, _ = e.Run(ctx, testJob("slow=100ms", 64, 150), nil)
+		_, _ = e.Run(ctx, testJob("slow=100ms", 64, 150), "tenant", nil)
 	}()
 	waitFor(t, 10*time.Second, "the long job to start", func() bool { return slot0(e).State == StateBusy })
 	return func() { cancel(); <-done }
@@ -185,7 +185,7 @@ func TestCancelWhileQueued(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	errc := make(chan error, 1)
 	go func() {
-		_, err := e.Run(ctx, testJob("", 64, 4), nil)
+		_, err := e.Run(ctx, testJob("", 64, 4), "tenant", nil)
 		errc <- err
 	}()
 	waitFor(t, 10*time.Second, "the job to be queued", func() bool { return e.Status().QueueDepth == 1 })
@@ -205,7 +205,7 @@ func TestQueueFull(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	done := make(chan struct{})
-	go func() { defer close(done); _, _ = e.Run(ctx, testJob("", 64, 4), nil) }()
+	go func() { defer close(done); _, _ = e.Run(ctx, testJob("", 64, 4), "tenant", nil) }()
 	waitFor(t, 10*time.Second, "one queued job", func() bool { return e.Status().QueueDepth == 1 })
 	_, _, err := run(e, 20*time.Second, testJob("", 64, 4), nil)
 	var je *Error
@@ -268,7 +268,9 @@ func TestAdmission(t *testing.T) {
 	})
 	t.Run("off: runs and times out", func(t *testing.T) {
 		e := newPool(t, Config{Workers: 1, Admission: false, SecondsPerMegapixelStep: 1, Cancellation: true})
-		_, _, err := run(e, 500*time.Millisecond, big(), nil)
+		job := big()
+		job.Fault = "slow=50ms" // at least 1.5 s, however fast the machine
+		_, _, err := run(e, 500*time.Millisecond, job, nil)
 		var je *Error
 		if KindOf(err) != KindDeadline || !asError(err, &je) || je.StepsDone == 0 {
 			t.Fatalf("Run(31s job, 500ms, admission off) = %v; want deadline after some steps", err)
@@ -279,7 +281,7 @@ func TestAdmission(t *testing.T) {
 		e := newPool(t, Config{Workers: 1, Admission: true, SecondsPerMegapixelStep: 0.2, Cancellation: true})
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		done := make(chan struct{})
-		go func() { defer close(done); _, _ = e.Run(ctx, testJob("slow=200ms", 512, 30), nil) }()
+		go func() { defer close(done); _, _ = e.Run(ctx, testJob("slow=200ms", 512, 30), "tenant", nil) }()
 		waitFor(t, 10*time.Second, "the first job to start", func() bool { return slot0(e).State == StateBusy })
 		_, _, err := run(e, 2500*time.Millisecond, testJob("", 512, 30), nil)
 		var je *Error

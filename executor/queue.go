@@ -1,77 +1,233 @@
 package executor
 
-import "container/heap"
+import (
+	"container/heap"
+	"slices"
+	"time"
+)
 
-// jobQueue orders waiting jobs earliest deadline first, ties in arrival
-// order. A job whose deadline is nearest has the least slack, and running it
-// first is what lets the most jobs finish in time. Each job knows its index so
-// that a job leaving early (deadline, cancel) is removed in O(log n).
+// jobQueue holds the jobs waiting for a worker. Tenants share the workers
+// fairly, and within a tenant the earliest deadline goes first:
+//
+//   - Each tenant with waiting jobs has its own heap, ordered by deadline
+//     (the job with the least slack first, which lets the most jobs finish in
+//     time), ties in arrival order.
+//   - pop serves the tenant that has been served the least estimated worker
+//     time (start-time fair queueing by virtual time). A tenant that starts
+//     waiting begins at the current virtual time, so it cannot bank credit
+//     while idle, and a tenant flooding the queue gets its share, not more.
+//
+// With one tenant this is plain earliest-deadline-first. In fifo mode (the
+// naive pool the benchmarks compare with) there is one queue in arrival order.
+// Each job knows its heap index, so that a job leaving early (deadline,
+// cancel) is removed in O(log n).
 type jobQueue struct {
-	items []*job
-	seq   uint64
-	// fifo orders by arrival only: the naive pool benchmarks compare with.
-	fifo bool
+	fifo    bool
+	tenants map[string]*tenantQueue // only tenants with waiting jobs
+	n       int
+	// streamers counts waiting jobs whose callers want position updates.
+	streamers int
+	seq       uint64
+	vtime     time.Duration // virtual time: served time of the last tenant popped
 }
 
-func (q *jobQueue) Len() int { return len(q.items) }
+// tenantQueue is one tenant's waiting jobs.
+type tenantQueue struct {
+	items  []*job
+	fifo   bool
+	served time.Duration // estimated worker time dispatched, in virtual time
+}
 
-func (q *jobQueue) Less(i, j int) bool { return q.before(q.items[i], q.items[j]) }
+func (q *jobQueue) Len() int { return q.n }
 
-// before reports whether a runs before b.
-func (q *jobQueue) before(a, b *job) bool {
-	if !q.fifo && !a.deadline.Equal(b.deadline) {
+func (q *jobQueue) key(j *job) string {
+	if q.fifo {
+		return ""
+	}
+	return j.tenant
+}
+
+func (q *jobQueue) push(j *job) {
+	if q.tenants == nil {
+		q.tenants = map[string]*tenantQueue{}
+	}
+	q.seq++
+	j.seq = q.seq
+	t := q.tenants[q.key(j)]
+	if t == nil {
+		t = &tenantQueue{fifo: q.fifo, served: q.vtime}
+		q.tenants[q.key(j)] = t
+	}
+	heap.Push(t, j)
+	q.count(j, 1)
+}
+
+func (q *jobQueue) count(j *job, delta int) {
+	q.n += delta
+	if j.streaming {
+		q.streamers += delta
+	}
+}
+
+// pop takes the next job: from the least-served tenant, its earliest
+// deadline. The queue must not be empty.
+func (q *jobQueue) pop() *job {
+	var best *tenantQueue
+	var bestKey string
+	for k, t := range q.tenants {
+		if best == nil || t.served < best.served ||
+			(t.served == best.served && t.before(t.items[0], best.items[0])) {
+			best, bestKey = t, k
+		}
+	}
+	j := heap.Pop(best).(*job)
+	q.vtime = best.served
+	// At least a millisecond, so that jobs with no estimate yet still
+	// take turns.
+	best.served += max(j.estimate, time.Millisecond)
+	q.count(j, -1)
+	if best.Len() == 0 {
+		delete(q.tenants, bestKey)
+	}
+	return j
+}
+
+// remove takes j out of the queue; it reports false when j was not queued.
+func (q *jobQueue) remove(j *job) bool {
+	t := q.tenants[q.key(j)]
+	if t == nil || j.index < 0 || j.index >= len(t.items) || t.items[j.index] != j {
+		return false
+	}
+	heap.Remove(t, j.index)
+	q.count(j, -1)
+	if t.Len() == 0 {
+		delete(q.tenants, q.key(j))
+	}
+	return true
+}
+
+// all returns every waiting job, in no particular order.
+func (q *jobQueue) all() []*job {
+	out := make([]*job, 0, q.n)
+	for _, t := range q.tenants {
+		out = append(out, t.items...)
+	}
+	return out
+}
+
+// ahead estimates the jobs that run before j and their estimated worker
+// time: the k jobs before it in its tenant's order, and from every other
+// tenant the jobs fair sharing serves in between: k of them, or k+1 when
+// that tenant's turn comes first. Exact with one tenant; an estimate with
+// several, since later arrivals change the order among tenants.
+func (q *jobQueue) ahead(j *job) (count int, work time.Duration) {
+	own := q.tenants[q.key(j)]
+	ownServed, ownHead := q.vtime, j
+	k := 0
+	if own != nil {
+		ownServed, ownHead = own.served, own.items[0]
+		for _, o := range own.items {
+			if o != j && own.before(o, j) {
+				k++
+				work += o.estimate
+			}
+		}
+	}
+	count = k
+	for key, t := range q.tenants {
+		if key == q.key(j) {
+			continue
+		}
+		m := t.turnsBefore(ownServed, ownHead, k)
+		count += m
+		work += t.firstWork(m)
+	}
+	return count, work
+}
+
+// turnsBefore is how many of t's jobs run before the job of rank k in a
+// tenant whose served time and head job are given.
+func (t *tenantQueue) turnsBefore(served time.Duration, head *job, k int) int {
+	first := t.served < served || (t.served == served && t.before(t.items[0], head))
+	if first {
+		return min(len(t.items), k+1)
+	}
+	return min(len(t.items), k)
+}
+
+// positions computes ahead(j).count for every waiting job at once, in
+// O(n log n + n·tenants), for queue position updates after each dispatch.
+func (q *jobQueue) positions() map[*job]int {
+	pos := make(map[*job]int, q.n)
+	for key, own := range q.tenants {
+		sorted := own.sorted()
+		for k, j := range sorted {
+			n := k
+			for other, t := range q.tenants {
+				if other != key {
+					n += t.turnsBefore(own.served, sorted[0], k)
+				}
+			}
+			pos[j] = n
+		}
+	}
+	return pos
+}
+
+// sorted returns the tenant's jobs in the order they will run.
+func (t *tenantQueue) sorted() []*job {
+	out := slices.Clone(t.items)
+	slices.SortFunc(out, func(a, b *job) int {
+		if t.before(a, b) {
+			return -1
+		}
+		return 1
+	})
+	return out
+}
+
+// firstWork is the estimated work of the tenant's m next jobs.
+func (t *tenantQueue) firstWork(m int) time.Duration {
+	if m >= len(t.items) {
+		var sum time.Duration
+		for _, o := range t.items {
+			sum += o.estimate
+		}
+		return sum
+	}
+	var sum time.Duration
+	for _, o := range t.sorted()[:m] {
+		sum += o.estimate
+	}
+	return sum
+}
+
+// before reports whether a runs before b within one tenant.
+func (t *tenantQueue) before(a, b *job) bool {
+	if !t.fifo && !a.deadline.Equal(b.deadline) {
 		return a.deadline.Before(b.deadline)
 	}
 	return a.seq < b.seq
 }
 
-func (q *jobQueue) Swap(i, j int) {
-	q.items[i], q.items[j] = q.items[j], q.items[i]
-	q.items[i].index = i
-	q.items[j].index = j
+// heap.Interface, for container/heap only.
+func (t *tenantQueue) Len() int           { return len(t.items) }
+func (t *tenantQueue) Less(i, j int) bool { return t.before(t.items[i], t.items[j]) }
+func (t *tenantQueue) Swap(i, j int) {
+	t.items[i], t.items[j] = t.items[j], t.items[i]
+	t.items[i].index = i
+	t.items[j].index = j
 }
-
-// Push and Pop are for container/heap only; use push, pop and remove.
-func (q *jobQueue) Push(x any) {
+func (t *tenantQueue) Push(x any) {
 	j := x.(*job)
-	j.index = len(q.items)
-	q.items = append(q.items, j)
+	j.index = len(t.items)
+	t.items = append(t.items, j)
 }
-
-func (q *jobQueue) Pop() any {
-	n := len(q.items) - 1
-	j := q.items[n]
-	q.items[n] = nil
-	q.items = q.items[:n]
+func (t *tenantQueue) Pop() any {
+	n := len(t.items) - 1
+	j := t.items[n]
+	t.items[n] = nil
+	t.items = t.items[:n]
 	j.index = -1
 	return j
-}
-
-func (q *jobQueue) push(j *job) {
-	q.seq++
-	j.seq = q.seq
-	heap.Push(q, j)
-}
-
-func (q *jobQueue) pop() *job { return heap.Pop(q).(*job) }
-
-// remove takes j out of the queue; it reports false when j was not queued.
-func (q *jobQueue) remove(j *job) bool {
-	if j.index < 0 || j.index >= len(q.items) || q.items[j.index] != j {
-		return false
-	}
-	heap.Remove(q, j.index)
-	return true
-}
-
-// ahead counts the queued jobs that run before j. O(n), which is fine for
-// a bounded queue.
-func (q *jobQueue) ahead(j *job) int {
-	n := 0
-	for _, o := range q.items {
-		if o != j && q.before(o, j) {
-			n++
-		}
-	}
-	return n
 }

@@ -65,27 +65,64 @@ func TestQueueAhead(t *testing.T) {
 	tests := []struct {
 		name      string
 		fifo      bool
-		deadlines []int // seconds after base, in arrival order
-		want      []int // jobs ahead of each
+		tenants   string // one letter per job
+		deadlines []int  // seconds after base, in arrival order
+		want      []int  // jobs ahead of each
 	}{
-		{name: "earliest deadline first", deadlines: []int{3, 1, 2, 2}, want: []int{3, 0, 1, 2}},
-		{name: "fifo ignores deadlines", fifo: true, deadlines: []int{3, 1, 2, 2}, want: []int{0, 1, 2, 3}},
+		{name: "earliest deadline first", tenants: "aaaa", deadlines: []int{3, 1, 2, 2}, want: []int{3, 0, 1, 2}},
+		{name: "fifo ignores deadlines and tenants", fifo: true, tenants: "abab", deadlines: []int{3, 1, 2, 2}, want: []int{0, 1, 2, 3}},
+		// b's only job waits for at most one of a's, however many a has.
+		{name: "fair share between tenants", tenants: "aaab", deadlines: []int{1, 2, 3, 9}, want: []int{0, 2, 3, 1}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			q := jobQueue{fifo: tt.fifo}
 			var jobs []*job
-			for _, d := range tt.deadlines {
-				j := &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1}
+			for i, d := range tt.deadlines {
+				j := &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1, tenant: tt.tenants[i : i+1], estimate: time.Second}
 				q.push(j)
 				jobs = append(jobs, j)
 			}
+			pos := q.positions()
 			for i, j := range jobs {
-				if got := q.ahead(j); got != tt.want[i] {
+				got, _ := q.ahead(j)
+				if got != tt.want[i] {
 					t.Errorf("ahead(job %d) = %d; want %d", i, got, tt.want[i])
+				}
+				if pos[j] != got {
+					t.Errorf("positions()[job %d] = %d; want ahead's %d", i, pos[j], got)
 				}
 			}
 		})
+	}
+}
+
+// A tenant that floods the queue gets its share, not more: pops alternate
+// between tenants while both wait, whatever the deadlines.
+func TestQueueFairShare(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	var q jobQueue
+	for i := range 10 {
+		q.push(&job{tenant: "flood", deadline: base.Add(time.Duration(i) * time.Second), estimate: time.Second, index: -1})
+	}
+	for i := range 3 {
+		q.push(&job{tenant: "quiet", deadline: base.Add(time.Hour + time.Duration(i)*time.Second), estimate: time.Second, index: -1})
+	}
+	var got string
+	for q.Len() > 0 {
+		got += q.pop().tenant[:1]
+	}
+	if want := "fqfqfqfffffff"; got != want {
+		t.Fatalf("pop order = %s; want %s", got, want)
+	}
+	// A tenant that was idle starts at the current virtual time: it cannot
+	// bank credit and then take every worker.
+	q.push(&job{tenant: "late", deadline: base, estimate: time.Second, index: -1})
+	q.push(&job{tenant: "flood", deadline: base, estimate: time.Second, index: -1})
+	q.push(&job{tenant: "late", deadline: base, estimate: time.Second, index: -1})
+	first, second := q.pop().tenant, q.pop().tenant
+	if first == second {
+		t.Fatalf("after idling, pops = %s, %s; want the tenants to alternate", first, second)
 	}
 }
 

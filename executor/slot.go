@@ -7,7 +7,11 @@ import (
 	"io"
 	"time"
 
-	"google.golang.org/grpc/codes"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	grpccodes "google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -165,11 +169,30 @@ func (e *Executor) dispatchLocked() {
 		}
 		j := e.queue.pop()
 		if e.cfg.Cancellation && j.ctx.Err() != nil {
+			j.endQueueSpan("caller gone")
 			continue // its Run is answering already; don't touch a worker
 		}
 		s.state, s.job, s.jobStart = StateBusy, j, time.Now()
+		wait := s.jobStart.Sub(j.enqueued)
+		e.metrics.queueWait.Record(context.Background(), wait.Seconds())
+		j.endQueueSpan("dispatched to " + s.id)
 		e.wg.Add(1)
 		go e.runJob(s, s.w, j)
+		e.postPositionsLocked()
+	}
+}
+
+// postPositionsLocked tells streaming callers their new queue positions.
+// It costs O(n log n), so it runs only while some queued caller streams.
+func (e *Executor) postPositionsLocked() {
+	if e.queue.streamers == 0 {
+		return
+	}
+	for j, pos := range e.queue.positions() {
+		if j.streaming && pos != j.position {
+			j.position = pos
+			j.post(Event{Kind: EventQueued, Position: pos})
+		}
 	}
 }
 
@@ -178,17 +201,36 @@ type outcome int
 
 const (
 	workerIdle    outcome = iota // finished or refused the job and is idle
-	workerCancel                 // the call was cancelled: wait for idle, else kill
-	workerCrashed                // the process died or must be replaced
+	workerCancel                 // the caller is gone: wait for idle, else kill
+	workerWedged                 // silent past the heartbeat: wait for idle, else kill
+	workerCrashed                // the process died: reap and replace
+	workerStuck                  // busy with an earlier job: replace
 )
 
 // runJob runs j on the slot's worker w, then frees or replaces the worker.
+// Its span, hourglass.execute, lasts until the worker is known idle or has
+// been killed: the events after the caller's answer (cancel sent, grace
+// expired, worker killed) are the part the caller never waits for.
 func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 	defer e.wg.Done()
 	start := time.Now()
-	j.send(Event{Kind: EventStarted, WorkerID: s.id})
-	images, out, err := e.call(s, w, j)
+	ctx, span := e.tracer.Start(j.ctx, "hourglass.execute", trace.WithAttributes(
+		attribute.String("hourglass.worker.id", s.id),
+		attribute.Int("hourglass.worker.pid", w.proc.pid),
+		attribute.String("hourglass.tenant", j.tenant),
+		attribute.String("hourglass.job.id", j.spec.GetId()),
+		attribute.String("hourglass.model", j.spec.GetModel()),
+		attribute.Int("hourglass.width", int(j.spec.GetWidth())),
+		attribute.Int("hourglass.height", int(j.spec.GetHeight())),
+		attribute.Int("hourglass.image_count", int(j.spec.GetImageCount())),
+		attribute.Int("hourglass.steps.total", int(j.stepsTotal)),
+	))
+	defer span.End()
+	j.started.Store(start.UnixNano())
+	j.post(Event{Kind: EventStarted, WorkerID: s.id})
+	images, out, err := e.call(ctx, s, w, j)
 	took := time.Since(start)
+	e.metrics.runTime.Record(context.Background(), took.Seconds())
 	var res *Result
 	if err == nil {
 		res = &Result{Images: images, QueueWait: start.Sub(j.enqueued), RunTime: took,
@@ -196,19 +238,35 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 		e.est.observe(j.spec.GetModel(), megapixelSteps(j.spec), took)
 	}
 	j.finish(res, err)
+	span.SetAttributes(attribute.Int("hourglass.steps.done", int(j.stepsDone.Load())),
+		attribute.String("hourglass.outcome", outcomeName(err)))
+	if err != nil {
+		span.SetStatus(codes.Error, outcomeName(err))
+	}
 
-	if out == workerCancel {
+	reason := ""
+	switch out {
+	case workerCancel, workerWedged:
+		span.AddEvent("cancel sent")
 		e.setState(s, StateCancelling)
-		e.log.Info("job cancelled; waiting for the worker to stop", "job", j.spec.GetId(), "worker", s.id, "grace", e.cfg.CancelGrace)
 		if e.waitIdle(w) {
 			out = workerIdle
-		} else if w.proc.alive() {
+			span.AddEvent("worker idle")
+			break
+		}
+		if w.proc.alive() {
+			span.AddEvent("grace expired")
 			e.log.Warn("worker did not stop within the cancel grace; killing its process group",
 				"job", j.spec.GetId(), "worker", s.id, "pid", w.proc.pid, "grace", e.cfg.CancelGrace)
-			out = workerCrashed
-		} else {
-			out = workerCrashed
 		}
+		reason = killCancelGrace
+		if out == workerWedged {
+			reason = killHeartbeat
+		}
+	case workerCrashed:
+		reason = killCrashed
+	case workerStuck:
+		reason = killBusy
 	}
 	e.log.Info("job finished", "job", j.spec.GetId(), "worker", s.id, "outcome", outcomeName(err),
 		"steps_done", j.stepsDone.Load(), "steps_total", j.stepsTotal,
@@ -227,7 +285,12 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 		e.changedLocked()
 		return
 	}
-	e.replaceLocked(s, w, "job "+outcomeName(err))
+	span.AddEvent("worker killed", trace.WithAttributes(attribute.String("reason", reason)))
+	if e.replaceLocked(s, w, reason) {
+		span.AddEvent("respawned", trace.WithAttributes(attribute.String("by", "hot spare")))
+	} else {
+		span.AddEvent("respawn scheduled")
+	}
 }
 
 func outcomeName(err error) string {
@@ -247,12 +310,11 @@ func (e *Executor) setState(s *slot, st State) {
 // call runs the job's worker RPC, collecting images and forwarding events.
 // It returns the images, what the call says about the worker, and the job's
 // error (nil on success).
-func (e *Executor) call(s *slot, w *workerProc, j *job) ([]*hourglassv1.Image, outcome, error) {
-	parent := j.ctx
+func (e *Executor) call(parent context.Context, s *slot, w *workerProc, j *job) ([]*hourglassv1.Image, outcome, error) {
 	spec := j.spec
 	if !e.cfg.Cancellation {
 		// The naive pool: nothing stops a job once it runs.
-		parent = context.WithoutCancel(j.ctx)
+		parent = context.WithoutCancel(parent)
 		spec = proto.CloneOf(spec)
 		spec.Deadline = nil
 	}
@@ -270,13 +332,13 @@ func (e *Executor) call(s *slot, w *workerProc, j *job) ([]*hourglassv1.Image, o
 	var images []*hourglassv1.Image
 	for retried := false; ; {
 		msg, err := stream.Recv()
-		if status.Code(err) == codes.FailedPrecondition && !retried && len(images) == 0 && ctx.Err() == nil {
+		if status.Code(err) == grpccodes.FailedPrecondition && !retried && len(images) == 0 && ctx.Err() == nil {
 			// The worker still runs an earlier, cancelled job: its Describe
 			// said idle a moment before a late Run of that job arrived.
 			// Wait for it to go idle and try once more.
 			retried = true
 			if !e.waitIdle(w) {
-				return nil, workerCrashed, &Error{Kind: KindWorkerCrashed, Msg: fmt.Sprintf("worker %s stayed busy with an earlier job", s.id), Cause: err}
+				return nil, workerStuck, &Error{Kind: KindWorkerCrashed, Msg: fmt.Sprintf("worker %s stayed busy with an earlier job", s.id), Cause: err}
 			}
 			if stream, err = w.client.Run(ctx, &workerv1.RunRequest{Job: spec}); err != nil {
 				out, jobErr := e.classify(ctx, s, w, j, err)
@@ -299,10 +361,12 @@ func (e *Executor) call(s *slot, w *workerProc, j *job) ([]*hourglassv1.Image, o
 		switch ev := msg.GetEvent().(type) {
 		case *workerv1.RunResponse_Progress:
 			j.stepsDone.Add(1)
-			j.send(Event{Kind: EventProgress, Progress: ev.Progress})
+			j.post(Event{Kind: EventProgress, Progress: ev.Progress})
 		case *workerv1.RunResponse_Image:
 			images = append(images, ev.Image)
-			j.send(Event{Kind: EventImage, Image: ev.Image})
+			j.post(Event{Kind: EventImage, Image: ev.Image})
+		case *workerv1.RunResponse_Preview:
+			j.post(Event{Kind: EventPreview, Preview: ev.Preview})
 		}
 	}
 }
@@ -314,7 +378,7 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 	if errors.Is(context.Cause(ctx), errWedged) {
 		e.log.Warn("worker wedged: no event within the heartbeat; cancelling", "worker", s.id, "pid", w.proc.pid,
 			"heartbeat", e.cfg.Heartbeat, "job", j.spec.GetId())
-		return workerCancel, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
+		return workerWedged, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
 			Msg: fmt.Sprintf("worker %s sent no progress for %v after %d of %d steps and was replaced; safe to retry with the same seed",
 				s.id, e.cfg.Heartbeat, done, j.stepsTotal)}
 	}
@@ -325,16 +389,16 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 	}
 	st := status.Convert(err)
 	switch st.Code() {
-	case codes.ResourceExhausted:
+	case grpccodes.ResourceExhausted:
 		return workerIdle, &Error{Kind: KindOutOfMemory, StepsDone: done, StepsTotal: j.stepsTotal,
 			Msg: "worker ran out of memory: " + st.Message()}
-	case codes.InvalidArgument:
+	case grpccodes.InvalidArgument:
 		return workerIdle, &Error{Kind: KindInvalid, Msg: "worker refused the job: " + st.Message()}
-	case codes.DeadlineExceeded:
+	case grpccodes.DeadlineExceeded:
 		// The worker stopped at the job's deadline on its own clock, a
 		// moment before ours fired. Its handler has returned: it is idle.
 		return workerIdle, j.deadlineErr()
-	case codes.Unavailable, codes.Unknown, codes.Canceled:
+	case grpccodes.Unavailable, grpccodes.Unknown, grpccodes.Canceled:
 		// The connection broke: the process died or is about to. Give it
 		// the grace to be reaped; a live worker that broke its connection
 		// is replaced all the same.
@@ -390,8 +454,12 @@ func (e *Executor) waitIdle(w *workerProc) bool {
 // a new one in its place: a hot spare at once when one is ready and the slot
 // is not crash-looping, else a fresh process, after a backoff when the slot
 // keeps dying.
-func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) {
+//
+// It reports whether a hot spare took over at once.
+func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	now := time.Now()
+	e.metrics.kills.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", why)))
+	e.metrics.respawns.Add(context.Background(), 1)
 	s.w = nil
 	s.restarts++
 	s.deaths = append(s.deaths, now)
@@ -415,7 +483,7 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) {
 		e.refillSparesLocked()
 		e.dispatchLocked()
 		e.changedLocked()
-		return
+		return true
 	}
 	s.state = StateBackoff
 	if delay == 0 {
@@ -424,6 +492,7 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) {
 	e.changedLocked()
 	e.wg.Add(1)
 	go e.restartSlot(s, delay)
+	return false
 }
 
 // restartSlot waits delay, then starts a new worker for s, backing off while

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -47,6 +49,13 @@ func (e *Executor) spawn(ctx context.Context) (*workerProc, error) {
 	w.conn, err = grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxWorkerMessage)),
+		// Client spans of worker calls carry the caller's trace context to
+		// the worker process (W3C traceparent in the gRPC metadata).
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(e.tracerProvider()),
+			otelgrpc.WithMeterProvider(e.meterProvider()),
+			otelgrpc.WithPropagators(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})),
+		)),
 		// The socket appears a few milliseconds after the process starts;
 		// grpc-go's default 1 s first backoff would make every start slow.
 		grpc.WithConnectParams(grpc.ConnectParams{
