@@ -117,8 +117,10 @@ func TestGenerateStreamEvents(t *testing.T) {
 			}
 		}
 	}
-	if started != 1 || progress != 8 || images != 2 || done != 1 || lastPercent != 100 {
-		t.Fatalf("events: started %d, progress %d (last %v%%), images %d, done %d; want 1, 8 (100%%), 2, 1",
+	// Progress events may merge when the worker is faster than the
+	// stream (a slow reader never blocks the worker); images never do.
+	if started != 1 || progress < 1 || progress > 8 || images != 2 || done != 1 || lastPercent != 100 {
+		t.Fatalf("events: started %d, progress %d (last %v%%), images %d, done %d; want 1, 1..8 (100%%), 2, 1",
 			started, progress, lastPercent, images, done)
 	}
 }

@@ -35,7 +35,12 @@ func (p deadlinePolicy) unary(ctx context.Context, req any, _ *grpc.UnaryServerI
 func (p deadlinePolicy) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	ctx, cancel := p.apply(ss.Context())
 	defer cancel()
+	return handler(srv, wrapContext(ss, ctx))
+}
+
+// wrapContext hands a stream handler a stream whose Context is ctx.
+func wrapContext(ss grpc.ServerStream, ctx context.Context) grpc.ServerStream {
 	wrapped := middleware.WrapServerStream(ss)
 	wrapped.WrappedContext = ctx
-	return handler(srv, wrapped)
+	return wrapped
 }

@@ -58,6 +58,8 @@ func resolveJob(req *hourglassv1.GenerateRequest, cat executor.Catalog, maxCost 
 		Sharpness:      defaultSharpness,
 		Model:          req.GetModel(),
 		OutputFormat:   req.GetOutputFormat(),
+		// Previews exist only on the stream; Generate drops them.
+		PreviewEveryNSteps: req.GetPreviewEveryNSteps(),
 	}
 	if req.Steps != nil {
 		job.Steps = req.GetSteps()

@@ -14,6 +14,11 @@ import (
 	"buf.build/go/protovalidate"
 	grpcvalidate "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/metric"
+	metricnoop "go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
+	tracenoop "go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -24,6 +29,8 @@ import (
 	"github.com/hourglass-dev/hourglass/executor"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	"github.com/hourglass-dev/hourglass/internal/config"
+	"github.com/hourglass-dev/hourglass/internal/telemetry"
+	"github.com/hourglass-dev/hourglass/quota"
 )
 
 // Options configure a Server.
@@ -33,6 +40,20 @@ type Options struct {
 	// FaultInjection passes the hourglass-fault metadata key on to workers.
 	// Test-only: hourglassd sets it only with --unsafe-fault-injection.
 	FaultInjection bool
+	// TracerProvider and MeterProvider receive the otelgrpc server spans
+	// and metrics and the service's own; nil means no-op.
+	TracerProvider trace.TracerProvider
+	MeterProvider  metric.MeterProvider
+	// Tokens, when not nil, requires a bearer token naming the tenant.
+	Tokens *TokenSet
+	// ClientCerts lets a verified client certificate's common name name
+	// the tenant (the TLS credentials must require and verify them).
+	ClientCerts bool
+	// Limiter applies per-tenant limits; nil means none.
+	Limiter *quota.Limiter
+	// ServerOptions are added to the gRPC server's, e.g. TLS credentials
+	// and message size limits.
+	ServerOptions []grpc.ServerOption
 }
 
 // Server is the gRPC server with its health service.
@@ -40,22 +61,34 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	svc    *generateService
+	gate   *drainGate
 	log    *slog.Logger
 	// draining keeps health NOT_SERVING once Shutdown began, whatever the
 	// workers do.
 	draining atomic.Bool
 }
 
+// instrumentationName names the server's meter.
+const instrumentationName = "github.com/hourglass-dev/hourglass/server"
+
 // serviceName is what health checks name for the generate service.
 var serviceName = hourglassv1.GenerateService_ServiceDesc.ServiceName
 
 // New builds the server. It reports NOT_SERVING until SetExecutor is called.
 //
-// Interceptor order, outermost first:
+// The otelgrpc stats handler sees every call first (span, rpc metrics).
+// Then the interceptors, outermost first:
 //  1. recovery: a panic becomes INTERNAL; the stack goes to the log only.
-//  2. bad-request details: adds google.rpc.BadRequest to validation errors.
-//  3. validation (protovalidate): INVALID_ARGUMENT before any work.
-//  4. deadline: the caller's deadline, or the default, capped at the max.
+//  2. logging: one JSON line per call (never the prompt or a token).
+//  3. drain gate: UNAVAILABLE once draining; tracks running calls.
+//  4. auth: UNAUTHENTICATED without a valid token or client certificate;
+//     names the tenant. Health and reflection need no credentials.
+//  5. bad-request details: adds google.rpc.BadRequest to validation errors.
+//  6. validation (protovalidate): INVALID_ARGUMENT before any work.
+//  7. tenant limits: concurrent jobs per tenant. After validation, so an
+//     invalid request never takes a tenant's slot. The worker-time budget
+//     is charged in the handler, by the job's estimate, once it is resolved.
+//  8. deadline: the caller's deadline, or the default, capped at the max.
 func New(opts Options) (*Server, error) {
 	validator, err := protovalidate.New()
 	if err != nil {
@@ -70,28 +103,60 @@ func New(opts Options) (*Server, error) {
 		log.Error("panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
-	gs := grpc.NewServer(
+	calls := NewCallLogger(log)
+	auth := NewAuthenticator(opts.Tokens, opts.ClientCerts)
+	quotas := NewQuotaGate(opts.Limiter)
+	tp, mp := opts.TracerProvider, opts.MeterProvider
+	if tp == nil {
+		tp = tracenoop.NewTracerProvider()
+	}
+	if mp == nil {
+		mp = metricnoop.NewMeterProvider()
+	}
+	jobs, err := mp.Meter(instrumentationName).Int64Counter("hourglass.jobs",
+		metric.WithDescription("Generate and GenerateStream calls that reached the executor, by gRPC status code."))
+	if err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
+	gate := newDrainGate()
+	gs := grpc.NewServer(append([]grpc.ServerOption{
+		// The stats handler runs before every interceptor: each call has
+		// its server span (joined to the caller's trace) and the standard
+		// rpc.server.* metrics, whatever an interceptor decides.
+		grpc.StatsHandler(otelgrpc.NewServerHandler(
+			otelgrpc.WithTracerProvider(tp),
+			otelgrpc.WithMeterProvider(mp),
+			otelgrpc.WithPropagators(telemetry.Propagator()),
+		)),
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(panicToInternal),
+			calls.UnaryServerInterceptor(),
+			gate.unary,
+			auth.UnaryServerInterceptor(),
 			unaryBadRequest,
 			grpcvalidate.UnaryServerInterceptor(validator),
+			quotas.UnaryServerInterceptor(),
 			deadlines.unary,
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(panicToInternal),
+			calls.StreamServerInterceptor(),
+			gate.stream,
+			auth.StreamServerInterceptor(),
 			streamBadRequest,
 			grpcvalidate.StreamServerInterceptor(validator),
+			quotas.StreamServerInterceptor(),
 			deadlines.stream,
 		),
-	)
-	svc := &generateService{cfg: opts.Config, log: log, faultInjection: opts.FaultInjection}
+	}, opts.ServerOptions...)...)
+	svc := &generateService{cfg: opts.Config, log: log, faultInjection: opts.FaultInjection, jobs: jobs}
 	hourglassv1.RegisterGenerateServiceServer(gs, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	hs.SetServingStatus(serviceName, healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
-	return &Server{grpc: gs, health: hs, svc: svc, log: log}, nil
+	return &Server{grpc: gs, health: hs, svc: svc, gate: gate, log: log}, nil
 }
 
 // Serve accepts connections on lis until Shutdown.
@@ -122,11 +187,16 @@ func (s *Server) setServing(ok bool) {
 	s.health.SetServingStatus(serviceName, st)
 }
 
-// Shutdown reports NOT_SERVING, so balancers stop sending calls, then lets
-// running calls finish until ctx ends, then closes every connection.
+// Shutdown drains: health reports NOT_SERVING at once, new calls get
+// UNAVAILABLE, running calls may finish until ctx ends; those still running
+// then are cancelled and answered UNAVAILABLE. Finally every connection is
+// closed.
 func (s *Server) Shutdown(ctx context.Context) {
 	s.draining.Store(true)
 	s.setServing(false)
+	if n := s.gate.drain(ctx); n > 0 {
+		s.log.Warn("drain timed out; cancelled running calls", "calls", n)
+	}
 	s.health.Shutdown()
 	done := make(chan struct{})
 	go func() {
@@ -136,8 +206,16 @@ func (s *Server) Shutdown(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		s.log.Warn("drain timed out; closing remaining calls")
+		// Only streams the gate does not track (health watches,
+		// reflection) can still be open; close them.
 		s.grpc.Stop()
 		<-done
 	}
+}
+
+// Stop closes every connection and call at once: the second signal.
+func (s *Server) Stop() {
+	s.draining.Store(true)
+	s.setServing(false)
+	s.grpc.Stop()
 }

@@ -4,11 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"sync/atomic"
-	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -34,6 +37,8 @@ type generateService struct {
 	faultInjection bool
 	// exec is nil while the workers start; calls then get UNAVAILABLE.
 	exec atomic.Pointer[executor.Executor]
+	// jobs counts finished jobs by gRPC status code.
+	jobs metric.Int64Counter
 }
 
 func (s *generateService) executor() (*executor.Executor, error) {
@@ -43,7 +48,8 @@ func (s *generateService) executor() (*executor.Executor, error) {
 	return nil, unavailable(ReasonDraining, "workers are starting; retry shortly")
 }
 
-// prepare resolves the request into a worker job.
+// prepare resolves the request into a worker job and charges the caller's
+// tenant the job's estimated worker time.
 func (s *generateService) prepare(ctx context.Context, req *hourglassv1.GenerateRequest) (*executor.Executor, *workerv1.Job, error) {
 	e, err := s.executor()
 	if err != nil {
@@ -62,7 +68,34 @@ func (s *generateService) prepare(ctx context.Context, req *hourglassv1.Generate
 			job.Fault = v[0]
 		}
 	}
+	plen, phash := promptDigest(job.GetPrompt())
+	AddLogFields(ctx, slog.String("job", job.GetId()), slog.String("model", job.GetModel()),
+		slog.Int("width", int(job.GetWidth())), slog.Int("height", int(job.GetHeight())),
+		slog.Int("steps", int(job.GetSteps())), slog.Int("images", int(job.GetImageCount())),
+		// The prompt is user content and may be sensitive: its length and
+		// a short hash only, enough to correlate with the caller's records.
+		slog.Int("prompt_len", plen), slog.String("prompt_sha256", phash))
+	if err := chargeQuota(ctx, e.Estimate(job)); err != nil {
+		return nil, nil, err
+	}
 	return e, job, nil
+}
+
+// run runs the job, settles the tenant's quota with the real worker time,
+// and returns the caller's status on failure.
+func (s *generateService) run(ctx context.Context, e *executor.Executor, job *workerv1.Job, onEvent func(executor.Event)) (*executor.Result, error) {
+	res, err := e.Run(ctx, job, TenantFromContext(ctx), onEvent)
+	settleQuota(ctx, executor.RunTime(res, err))
+	if res != nil {
+		AddLogFields(ctx, slog.String("worker", res.WorkerID), slog.Duration("queue_wait", res.QueueWait),
+			slog.Duration("run_time", res.RunTime))
+	}
+	if err != nil {
+		AddLogFields(ctx, slog.String("outcome", executor.KindOf(err).String()))
+		return nil, s.jobStatus(ctx, err)
+	}
+	s.countJob(ctx, nil)
+	return res, nil
 }
 
 func (s *generateService) Generate(ctx context.Context, req *hourglassv1.GenerateRequest) (*hourglassv1.GenerateResponse, error) {
@@ -70,10 +103,9 @@ func (s *generateService) Generate(ctx context.Context, req *hourglassv1.Generat
 	if err != nil {
 		return nil, err
 	}
-	res, err := e.Run(ctx, job, nil)
-	s.logJob(ctx, job, res, err)
+	res, err := s.run(ctx, e, job, nil)
 	if err != nil {
-		return nil, statusFromJob(s.log, err)
+		return nil, err
 	}
 	return &hourglassv1.GenerateResponse{Images: res.Images, Stats: statsOf(job, res)}, nil
 }
@@ -88,7 +120,7 @@ func (s *generateService) GenerateStream(req *hourglassv1.GenerateRequest, strea
 	total := perImage * float32(job.GetImageCount())
 	// A failed Send means the caller is gone; its context ends at the
 	// same moment and Run returns, so the errors can be dropped here.
-	res, err := e.Run(ctx, job, func(ev executor.Event) {
+	res, err := s.run(ctx, e, job, func(ev executor.Event) {
 		var out hourglassv1.GenerateEvent
 		switch ev.Kind {
 		case executor.EventQueued:
@@ -102,14 +134,15 @@ func (s *generateService) GenerateStream(req *hourglassv1.GenerateRequest, strea
 				Step: p.GetStep(), TotalSteps: p.GetTotalSteps(), ImageIndex: p.GetImageIndex(), Percent: min(100, 100*done/total)}}
 		case executor.EventImage:
 			out.Event = &hourglassv1.GenerateEvent_Image{Image: ev.Image}
+		case executor.EventPreview:
+			out.Event = &hourglassv1.GenerateEvent_Preview{Preview: ev.Preview}
 		default:
 			return
 		}
 		_ = stream.Send(&out)
 	})
-	s.logJob(ctx, job, res, err)
 	if err != nil {
-		return statusFromJob(s.log, err)
+		return err
 	}
 	return stream.Send(&hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Done_{
 		Done: &hourglassv1.GenerateEvent_Done{Stats: statsOf(job, res)}}})
@@ -145,6 +178,23 @@ func (s *generateService) GetServerInfo(ctx context.Context, _ *hourglassv1.GetS
 	return resp, nil
 }
 
+// jobStatus is the caller's status for a failed job. A job cancelled
+// because the server's drain ran out of time is UNAVAILABLE, not CANCELLED:
+// the caller did nothing wrong and may retry on another replica.
+func (s *generateService) jobStatus(ctx context.Context, err error) error {
+	st := statusFromJob(s.log, err)
+	if errors.Is(context.Cause(ctx), errDraining) {
+		st = unavailable(ReasonDraining, "server is draining: the job was stopped; retry on another replica")
+	}
+	s.countJob(ctx, st)
+	return st
+}
+
+// countJob records a job's outcome by its gRPC code.
+func (s *generateService) countJob(ctx context.Context, err error) {
+	s.jobs.Add(context.WithoutCancel(ctx), 1, metric.WithAttributes(attribute.String("code", status.Code(err).String())))
+}
+
 func workerState(s executor.State) hourglassv1.WorkerState {
 	switch s {
 	case executor.StateStarting:
@@ -173,28 +223,6 @@ func statsOf(job *workerv1.Job, res *executor.Result) *hourglassv1.GenerateStats
 		Seed:       job.GetSeed(),
 		Model:      job.GetModel(),
 	}
-}
-
-// logJob writes one line per job. The prompt appears only as length and
-// hash: prompts are user content and may be sensitive.
-func (s *generateService) logJob(ctx context.Context, job *workerv1.Job, res *executor.Result, err error) {
-	plen, phash := promptDigest(job.GetPrompt())
-	attrs := []any{
-		"job", job.GetId(), "model", job.GetModel(), "width", job.GetWidth(), "height", job.GetHeight(),
-		"steps", job.GetSteps(), "images", job.GetImageCount(), "prompt_len", plen, "prompt_sha256", phash,
-	}
-	if d, ok := ctx.Deadline(); ok {
-		attrs = append(attrs, "deadline", d.Format(time.RFC3339Nano))
-	}
-	if res != nil {
-		attrs = append(attrs, "worker", res.WorkerID, "queue_wait", res.QueueWait, "run_time", res.RunTime)
-	}
-	if err != nil {
-		attrs = append(attrs, "outcome", executor.KindOf(err).String(), "err", err)
-		s.log.Info("job failed", attrs...)
-		return
-	}
-	s.log.Info("job done", attrs...)
 }
 
 func newJobID() string {

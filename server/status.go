@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"time"
 
 	"buf.build/gen/go/bufbuild/protovalidate/protocolbuffers/go/buf/validate"
 	"buf.build/go/protovalidate"
@@ -162,4 +163,32 @@ func unaryBadRequest(ctx context.Context, req any, _ *grpc.UnaryServerInfo, hand
 
 func streamBadRequest(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	return badRequestDetails(handler(srv, ss))
+}
+
+// ReasonTenantQuota is the ErrorInfo reason of a call refused because its
+// tenant is over a limit of its own (concurrent jobs or worker-seconds),
+// as opposed to the server being full (QUEUE_FULL, OVERLOADED): retrying
+// elsewhere does not help, waiting does.
+const ReasonTenantQuota = "TENANT_QUOTA_EXCEEDED"
+
+// unauthenticated is UNAUTHENTICATED with a short message. It carries no
+// details and never what the caller presented: an error must not echo a
+// credential back, nor into a log.
+func unauthenticated(msg string) error {
+	return status.Error(codes.Unauthenticated, msg)
+}
+
+// tenantQuotaExceeded is RESOURCE_EXHAUSTED for a tenant over a limit:
+// QuotaFailure with subject "tenant:NAME" and a description that starts
+// with the limit ("concurrent jobs" or "worker-seconds"), RetryInfo with
+// when the same call may pass, and ErrorInfo TENANT_QUOTA_EXCEEDED whose
+// metadata names the tenant and the limit id (concurrent_jobs or
+// worker_seconds).
+func tenantQuotaExceeded(tenant, limitID, description string, retryAfter time.Duration) error {
+	return withDetails(codes.ResourceExhausted, fmt.Sprintf("tenant %q is over its quota: %s", tenant, description),
+		&errdetails.ErrorInfo{Reason: ReasonTenantQuota, Domain: ErrorDomain,
+			Metadata: map[string]string{"tenant": tenant, "limit": limitID}},
+		&errdetails.QuotaFailure{Violations: []*errdetails.QuotaFailure_Violation{{
+			Subject: "tenant:" + tenant, Description: description, QuotaId: limitID}}},
+		&errdetails.RetryInfo{RetryDelay: durationpb.New(retryAfter)})
 }

@@ -1,19 +1,23 @@
 // Command hourglassd is the hourglass server: it starts a pool of worker
 // processes and serves hourglass.v1.GenerateService, grpc.health.v1 and
-// server reflection over gRPC.
+// server reflection over gRPC, and Prometheus metrics over HTTP.
 //
 // Settings come from the defaults, then the YAML file given by --config,
-// then flags, each overriding the one before.
+// then HOURGLASS_* environment variables, then flags, each overriding the
+// one before. An unknown key or a bad value exits 2 before anything listens.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -21,28 +25,44 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/hourglass-dev/hourglass/executor"
 	"github.com/hourglass-dev/hourglass/internal/config"
+	"github.com/hourglass-dev/hourglass/internal/telemetry"
+	"github.com/hourglass-dev/hourglass/quota"
 	"github.com/hourglass-dev/hourglass/server"
 )
 
-// drainTimeout bounds how long a stopping server waits for running calls.
-const drainTimeout = 10 * time.Second
-
 func main() {
-	os.Exit(run(os.Args[1:], os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// flags are the command line; each overrides its config key when given.
+type flags struct {
+	configPath    string
+	printConfig   bool
+	listen        string
+	workers       int
+	metricsListen string
+	unsafeFaults  bool
 }
 
 // run returns the process exit status: 0 after a clean stop, 1 when serving
 // failed, 2 for bad flags or configuration (before anything listens).
-func run(args []string, stderr io.Writer) int {
-	log := slog.New(slog.NewJSONHandler(stderr, nil))
+func run(args []string, stdout, stderr io.Writer) int {
+	var f flags
 	fs := flag.NewFlagSet("hourglassd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", "", "YAML configuration `file`")
-	listen := fs.String("listen", config.Default().Listen, "TCP `address` to serve gRPC on")
-	workers := fs.Int("workers", config.Default().Workers.Count, "number of worker processes")
-	unsafeFaults := fs.Bool("unsafe-fault-injection", false,
+	fs.StringVar(&f.configPath, "config", "", "YAML configuration `file`")
+	fs.BoolVar(&f.printConfig, "print-config", false, "print the effective configuration (secrets masked) and exit")
+	fs.StringVar(&f.listen, "listen", config.Default().Listen, "TCP `address` to serve gRPC on (listen)")
+	fs.IntVar(&f.workers, "workers", config.Default().Workers.Count, "number of worker processes (workers.count)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "TCP `address` of the Prometheus /metrics page (metrics.listen); off when empty")
+	fs.BoolVar(&f.unsafeFaults, "unsafe-fault-injection", false,
 		"TESTS ONLY: let the hourglass-fault metadata key inject faults (hang, crash, ...) into workers")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -51,50 +71,86 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "hourglassd: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
-
-	cfg := config.Default()
-	if *configPath != "" {
-		var err error
-		if cfg, err = config.Load(*configPath); err != nil {
-			fmt.Fprintf(stderr, "hourglassd: %v\n", err)
-			return 2
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "listen":
-			cfg.Listen = *listen
-		case "workers":
-			cfg.Workers.Count = *workers
-		}
-	})
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
-		return 2
-	}
-	command, err := workerCommand(cfg.Workers.Command, *unsafeFaults)
+	cfg, err := loadConfig(fs, f)
 	if err != nil {
 		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
 		return 2
 	}
-	if *unsafeFaults {
-		log.Warn("UNSAFE: fault injection is on; any caller can hang, crash or slow down workers. Never use this in production.")
+	if f.printConfig {
+		out, err := cfg.YAML()
+		if err != nil {
+			fmt.Fprintf(stderr, "hourglassd: %v\n", err)
+			return 1
+		}
+		_, _ = stdout.Write(out)
+		return 0
+	}
+	command, err := workerCommand(cfg.Workers.Command, f.unsafeFaults)
+	if err != nil {
+		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
+		return 2
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := serve(ctx, log, cfg, command, *unsafeFaults); err != nil {
+	log := slog.New(slog.NewJSONHandler(stderr, nil))
+	if f.unsafeFaults {
+		log.Warn("UNSAFE: fault injection is on; any caller can hang, crash or slow down workers. Never use this in production.")
+	}
+	// The first SIGINT or SIGTERM drains; a second one stops at once.
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(signals)
+	if err := serve(log, cfg, command, f.unsafeFaults, signals); err != nil {
 		log.Error("hourglassd failed", "err", err)
 		return 1
 	}
 	return 0
 }
 
+// loadConfig applies defaults, file, environment, then the flags given.
+func loadConfig(fs *flag.FlagSet, f flags) (config.Config, error) {
+	cfg, err := config.Load(f.configPath, os.Environ())
+	if err != nil {
+		return cfg, err
+	}
+	fs.Visit(func(fl *flag.Flag) {
+		switch fl.Name {
+		case "listen":
+			cfg.Listen = f.listen
+		case "workers":
+			cfg.Workers.Count = f.workers
+		case "metrics-listen":
+			cfg.Metrics.Listen = f.metricsListen
+		}
+	})
+	return cfg, cfg.Validate()
+}
+
 // serve listens first, so health checks answer NOT_SERVING while workers
 // start (a GPU worker may load a model for minutes), then starts the pool
-// and serves until ctx ends.
-func serve(ctx context.Context, log *slog.Logger, cfg config.Config, command []string, faults bool) error {
-	srv, err := server.New(server.Options{Config: cfg, Logger: log, FaultInjection: faults})
+// and serves until a signal.
+func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, signals <-chan os.Signal) error {
+	ctx := context.Background()
+	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "hourglassd", ServiceVersion: server.Version,
+		Metrics: cfg.Metrics.Listen != ""})
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	tel.SetGlobal(log)
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := tel.Shutdown(shutdownCtx); err != nil {
+			log.Warn("telemetry shutdown", "err", err)
+		}
+	}()
+
+	opts, err := securityOptions(cfg, tel.MeterProvider)
+	if err != nil {
+		return err
+	}
+	opts.Config, opts.Logger, opts.FaultInjection = cfg, log, faults
+	opts.TracerProvider, opts.MeterProvider = tel.TracerProvider, tel.MeterProvider
+	srv, err := server.New(opts)
 	if err != nil {
 		return err
 	}
@@ -102,43 +158,172 @@ func serve(ctx context.Context, log *slog.Logger, cfg config.Config, command []s
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("listening", "addr", lis.Addr().String(), "workers", cfg.Workers.Count)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
+	log.Info("listening", "addr", lis.Addr().String(), "workers", cfg.Workers.Count)
 
-	pool, err := executor.New(ctx, executor.Config{
-		Workers:                 cfg.Workers.Count,
-		Spares:                  cfg.Workers.Spares,
-		Command:                 command,
-		QueueMax:                cfg.Queue.Max,
-		CancelGrace:             cfg.Timeouts.CancelGrace,
-		Heartbeat:               cfg.Timeouts.Heartbeat,
-		WorkerStart:             cfg.Timeouts.WorkerStart,
-		Admission:               cfg.Admission.Enabled,
-		SecondsPerMegapixelStep: cfg.Admission.SecondsPerMegapixelStep,
-		Overhead:                cfg.Admission.Overhead,
-		Cancellation:            cfg.Cancellation.Enabled,
-		OnServingChange:         srv.SetServing,
-		Logger:                  log,
-	})
-	if err != nil {
-		srv.Shutdown(context.Background())
-		return fmt.Errorf("start workers: %w", err)
+	if cfg.Metrics.Listen != "" {
+		stopMetrics, err := serveMetrics(log, cfg.Metrics.Listen, tel.MetricsHandler)
+		if err != nil {
+			srv.Stop()
+			return err
+		}
+		defer stopMetrics()
+	}
+
+	// Workers start in the background of the first signal: a stop while
+	// they start must not wait for them.
+	startCtx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	type started struct {
+		pool *executor.Executor
+		err  error
+	}
+	poolc := make(chan started, 1)
+	go func() {
+		pool, err := executor.New(startCtx, executor.Config{
+			Workers:                 cfg.Workers.Count,
+			Spares:                  cfg.Workers.Spares,
+			Command:                 command,
+			QueueMax:                cfg.Queue.Max,
+			CancelGrace:             cfg.Timeouts.CancelGrace,
+			Heartbeat:               cfg.Timeouts.Heartbeat,
+			WorkerStart:             cfg.Timeouts.WorkerStart,
+			Admission:               cfg.Admission.Enabled,
+			SecondsPerMegapixelStep: cfg.Admission.SecondsPerMegapixelStep,
+			Overhead:                cfg.Admission.Overhead,
+			Cancellation:            cfg.Cancellation.Enabled,
+			OnServingChange:         srv.SetServing,
+			TracerProvider:          tel.TracerProvider,
+			MeterProvider:           tel.MeterProvider,
+			Logger:                  log,
+		})
+		poolc <- started{pool, err}
+	}()
+	var pool *executor.Executor
+	select {
+	case s := <-poolc:
+		if s.err != nil {
+			srv.Stop()
+			return fmt.Errorf("start workers: %w", s.err)
+		}
+		pool = s.pool
+	case sig := <-signals:
+		log.Info("stopping while workers start", "signal", sig.String())
+		cancelStart()
+		if s := <-poolc; s.pool != nil {
+			s.pool.Close()
+		}
+		srv.Stop()
+		return nil
 	}
 	srv.SetExecutor(pool)
 	log.Info("serving", "addr", lis.Addr().String())
 
 	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
+	case sig := <-signals:
+		log.Info("draining", "signal", sig.String(), "timeout", cfg.Timeouts.Drain)
 	case err = <-serveErr:
+		pool.Close()
+		return err
 	}
-	drainCtx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	srv.Shutdown(drainCtx)
-	pool.Close()
+	drainCtx, cancelDrain := context.WithTimeout(ctx, cfg.Timeouts.Drain)
+	defer cancelDrain()
+	drained := make(chan struct{})
+	go func() {
+		srv.Shutdown(drainCtx)
+		close(drained)
+	}()
+	select {
+	case <-drained:
+		pool.Close()
+	case sig := <-signals:
+		log.Warn("second signal: stopping at once", "signal", sig.String())
+		srv.Stop()
+		cancelDrain()
+		pool.CloseWithin(0)
+		<-drained
+	}
 	log.Info("stopped")
-	return err
+	return nil
+}
+
+// securityOptions loads what authenticates callers and limits tenants:
+// the token file, the TLS credentials, the per-tenant limiter.
+func securityOptions(cfg config.Config, mp metric.MeterProvider) (server.Options, error) {
+	var opts server.Options
+	if cfg.Auth.TokensFile != "" {
+		tokens, err := server.LoadTokens(cfg.Auth.TokensFile)
+		if err != nil {
+			return opts, fmt.Errorf("auth.tokens_file: %w", err)
+		}
+		opts.Tokens = tokens
+	}
+	if cfg.TLS.Cert != "" {
+		creds, err := tlsCredentials(cfg.TLS)
+		if err != nil {
+			return opts, err
+		}
+		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(creds))
+		opts.ClientCerts = cfg.TLS.ClientCA != ""
+	}
+	throttles, err := mp.Meter("github.com/hourglass-dev/hourglass/cmd/hourglassd").Int64Counter("hourglass.tenant.throttles",
+		metric.WithDescription("Calls refused by a per-tenant limit, by tenant and limit."))
+	if err != nil {
+		return opts, err
+	}
+	limiter, err := quota.New(quota.Config{
+		MaxConcurrent: cfg.Tenants.MaxConcurrent,
+		Rate:          cfg.Tenants.WorkerSecondsPerSecond,
+		Burst:         cfg.Tenants.BurstWorkerSeconds,
+		OnThrottle: func(tenant string, limit quota.Limit) {
+			throttles.Add(context.Background(), 1, metric.WithAttributes(
+				attribute.String("tenant", tenant), attribute.String("limit", string(limit))))
+		},
+	})
+	if err != nil {
+		return opts, fmt.Errorf("tenants: %w", err)
+	}
+	opts.Limiter = limiter
+	return opts, nil
+}
+
+// tlsCredentials builds the server's TLS: 1.2 at least (1.3 preferred by
+// Go's defaults), and with a client CA, verified client certificates
+// required.
+func tlsCredentials(c config.TLS) (credentials.TransportCredentials, error) {
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("tls.cert/tls.key: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.ClientCA != "" {
+		pem, err := os.ReadFile(c.ClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("tls.client_ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls.client_ca: no PEM certificate in %s", c.ClientCA)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return credentials.NewTLS(tc), nil
+}
+
+// serveMetrics serves the Prometheus page on its own port, so that it can
+// stay inside the cluster while gRPC is exposed.
+func serveMetrics(log *slog.Logger, addr string, h http.Handler) (stop func(), err error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(lis) }()
+	log.Info("metrics listening", "addr", lis.Addr().String())
+	return func() { _ = hs.Close() }, nil
 }
 
 // workerCommand is the configured worker argv, or the built-in CPU worker:
