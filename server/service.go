@@ -28,6 +28,11 @@ const Version = "0.1.0-dev"
 // server runs with --unsafe-fault-injection.
 const FaultMetadataKey = "hourglass-fault"
 
+// FaultServerPanic, as the hourglass-fault value, makes the handler itself
+// panic (tests of the recovery interceptor); every other value goes to the
+// worker.
+const FaultServerPanic = "server-panic"
+
 // generateService implements hourglass.v1.GenerateService on the executor.
 type generateService struct {
 	hourglassv1.UnimplementedGenerateServiceServer
@@ -65,6 +70,9 @@ func (s *generateService) prepare(ctx context.Context, req *hourglassv1.Generate
 	}
 	if s.faultInjection {
 		if v := metadata.ValueFromIncomingContext(ctx, FaultMetadataKey); len(v) > 0 {
+			if v[0] == FaultServerPanic {
+				panic("injected by " + FaultMetadataKey + ": " + FaultServerPanic)
+			}
 			job.Fault = v[0]
 		}
 	}
