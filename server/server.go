@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"buf.build/go/protovalidate"
 	grpcvalidate "github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/protovalidate"
@@ -198,20 +199,26 @@ func (s *Server) Shutdown(ctx context.Context) {
 		s.log.Warn("drain timed out; cancelled running calls", "calls", n)
 	}
 	s.health.Shutdown()
+	// Every job call has returned; GracefulStop now only waits for their
+	// statuses to be written and for untracked streams (health watches,
+	// reflection), which never end by themselves: bound it and close them.
 	done := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()
 		close(done)
 	}()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
 	select {
 	case <-done:
-	case <-ctx.Done():
-		// Only streams the gate does not track (health watches,
-		// reflection) can still be open; close them.
+	case <-t.C:
 		s.grpc.Stop()
 		<-done
 	}
 }
+
+// closeGrace bounds the last step of a drain, after every job call ended.
+const closeGrace = 2 * time.Second
 
 // Stop closes every connection and call at once: the second signal.
 func (s *Server) Stop() {
