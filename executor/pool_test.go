@@ -317,3 +317,78 @@ func TestNaivePoolRunsJobToTheEnd(t *testing.T) {
 		return w.State == StateReady && w.JobsDone == 1 && w.PID == pid
 	})
 }
+
+// A slow stream reader never blocks the worker: while onEvent is stuck on
+// the first event, the worker runs the whole job and goes idle; then the
+// reader gets every image, and progress merged into fewer events.
+func TestSlowReaderNeverBlocksWorker(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Cancellation: true})
+	release := make(chan struct{})
+	var kinds []EventKind
+	images := 0
+	errc := make(chan error, 1)
+	go func() {
+		job := testJob("", 64, 10)
+		job.ImageCount = 3
+		job.PreviewEveryNSteps = 2
+		_, _, err := run(e, 30*time.Second, job, func(ev Event) {
+			if len(kinds) == 0 {
+				<-release
+			}
+			kinds = append(kinds, ev.Kind)
+			if ev.Kind == EventImage {
+				images++
+			}
+		})
+		errc <- err
+	}()
+	waitFor(t, 20*time.Second, "the worker to finish the job while the reader is stuck", func() bool {
+		w := slot0(e)
+		return w.JobsDone == 1 && w.State == StateReady
+	})
+	close(release)
+	if err := <-errc; err != nil {
+		t.Fatalf("Run = %v; want OK", err)
+	}
+	progress := 0
+	for _, k := range kinds {
+		if k == EventProgress {
+			progress++
+		}
+	}
+	if images != 3 || progress == 0 || progress >= 30 {
+		t.Fatalf("events = %v: %d images, %d progress; want all 3 images and progress merged below 30", kinds, images, progress)
+	}
+}
+
+// A streaming caller hears its queue position again whenever it changes.
+func TestQueuePositionUpdates(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, CancelGrace: 200 * time.Millisecond, Cancellation: true, Admission: true, SecondsPerMegapixelStep: 1e-9})
+	stop := occupy(t, e)
+	positions := make(chan int, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _, err := run(e, 30*time.Second, testJob("", 64, 2), func(ev Event) {
+			if ev.Kind == EventQueued {
+				positions <- ev.Position
+			}
+		})
+		if err != nil {
+			t.Errorf("Run(late deadline) = %v; want OK", err)
+		}
+	}()
+	if p := <-positions; p != 0 {
+		t.Fatalf("first position = %d; want 0", p)
+	}
+	// An earlier deadline overtakes it.
+	go func() { _, _, _ = run(e, 20*time.Second, testJob("", 64, 2), nil) }()
+	if p := <-positions; p != 1 {
+		t.Fatalf("position after an earlier deadline arrived = %d; want 1", p)
+	}
+	stop() // the worker frees; the earlier job runs, then ours moves up
+	if p := <-positions; p != 0 {
+		t.Fatalf("position after the first job left the queue = %d; want 0", p)
+	}
+	<-done
+}
