@@ -45,6 +45,11 @@ type Config struct {
 	// Command is the worker program and its arguments; the executor appends
 	// "--socket PATH" and sets HOURGLASS_WORKER_SOCKET.
 	Command []string
+	// GPUs, when set, are handed to the slots in turn (slot i gets
+	// GPUs[i mod len]) as CUDA_VISIBLE_DEVICES; several slots may share a
+	// GPU. Hot spares are spread over them the same way, and a spare only
+	// replaces a worker of its own GPU.
+	GPUs []string
 	// QueueMax is the most jobs that may wait for a worker.
 	QueueMax int
 	// CancelGrace is how long a worker has to become idle after its job was
@@ -160,11 +165,14 @@ type Executor struct {
 	slots          []*slot
 	spares         []*workerProc
 	sparesStarting int
-	spawned        int // processes ever started, names the next socket
-	queue          jobQueue
-	closed         bool
-	serving        bool
-	catalog        Catalog
+	// startingSpareGPUs is the GPU of each spare starting, to spread
+	// spares over the GPUs.
+	startingSpareGPUs []string
+	spawned           int // processes ever started, names the next socket
+	queue             jobQueue
+	closed            bool
+	serving           bool
+	catalog           Catalog
 
 	stop chan struct{} // closed by Close: ends restarts and backoffs
 	wg   sync.WaitGroup
@@ -194,34 +202,34 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		queue: jobQueue{fifo: !cfg.Admission},
 	}
 	for i := range cfg.Workers {
-		e.slots = append(e.slots, &slot{id: fmt.Sprintf("w%d", i), state: StateStarting})
+		s := &slot{id: fmt.Sprintf("w%d", i), state: StateStarting}
+		if len(cfg.GPUs) > 0 {
+			s.gpu = cfg.GPUs[i%len(cfg.GPUs)]
+		}
+		e.slots = append(e.slots, s)
 	}
 	if err := e.initTelemetry(); err != nil {
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("executor: metrics: %w", err)
 	}
 
-	type started struct {
-		w   *workerProc
-		err error
-	}
-	results := make(chan started, len(e.slots))
-	for range e.slots {
+	errs := make(chan error, len(e.slots))
+	for _, s := range e.slots {
 		go func() {
-			w, err := e.spawn(ctx)
-			results <- started{w, err}
+			w, err := e.spawn(ctx, s.gpu)
+			if err == nil {
+				e.mu.Lock()
+				s.w, s.state = w, StateReady
+				e.mu.Unlock()
+			}
+			errs <- err
 		}()
 	}
 	var first error
-	for _, s := range e.slots {
-		r := <-results
-		if r.err != nil {
-			first = cmpErr(first, r.err)
-			continue
+	for range e.slots {
+		if err := <-errs; err != nil && first == nil {
+			first = err
 		}
-		e.mu.Lock()
-		s.w, s.state = r.w, StateReady
-		e.mu.Unlock()
 	}
 	if first != nil {
 		e.Close()
@@ -239,13 +247,6 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	e.changedLocked()
 	e.mu.Unlock()
 	return e, nil
-}
-
-func cmpErr(first, err error) error {
-	if first != nil {
-		return first
-	}
-	return err
 }
 
 func catalogOf(d *workerv1.DescribeResponse) Catalog {

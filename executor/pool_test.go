@@ -2,6 +2,9 @@ package executor
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -391,4 +394,93 @@ func TestQueuePositionUpdates(t *testing.T) {
 		t.Fatalf("position after the first job left the queue = %d; want 0", p)
 	}
 	<-done
+}
+
+// workers.gpus: slots get their GPUs in turn as CUDA_VISIBLE_DEVICES (read
+// back from each process's environment), spares spread over the GPUs, and a
+// spare replaces a worker of its own GPU only.
+func TestGPUAssignment(t *testing.T) {
+	e := newPool(t, Config{Workers: 3, Spares: 2, GPUs: []string{"0", "1"}, Cancellation: true})
+	waitFor(t, 10*time.Second, "two ready spares", func() bool {
+		n := 0
+		for _, w := range e.Status().Workers {
+			if w.Spare && w.State == StateReady {
+				n++
+			}
+		}
+		return n == 2
+	})
+	spareGPUs := map[string]int{}
+	for _, w := range e.Status().Workers {
+		want := map[string]string{"w0": "0", "w1": "1", "w2": "0"}[w.ID]
+		if w.Spare {
+			spareGPUs[w.GPU]++
+			want = w.GPU
+		}
+		if w.GPU != want || cudaDevices(t, w.PID) != want {
+			t.Errorf("worker %s: GPU %q, process environment CUDA_VISIBLE_DEVICES=%q; want %q", w.ID, w.GPU, cudaDevices(t, w.PID), want)
+		}
+	}
+	if spareGPUs["0"] != 1 || spareGPUs["1"] != 1 {
+		t.Errorf("spares by GPU = %v; want one on each", spareGPUs)
+	}
+	// Crash w1's worker (GPU 1): the GPU 1 spare takes over.
+	st := e.Status()
+	var w1 WorkerStatus
+	for _, w := range st.Workers {
+		if w.ID == "w1" {
+			w1 = w
+		}
+	}
+	// Dispatch takes the first ready slot: make w0 busy first so that the
+	// crash lands on w1.
+	job := testJob("crash", 64, 4)
+	stop0 := occupy2(t, e)
+	defer stop0()
+	if _, _, err := run(e, 20*time.Second, job, nil); KindOf(err) != KindWorkerCrashed {
+		t.Fatalf("Run(crash) on w1 = %v; want worker_crashed", err)
+	}
+	for _, w := range e.Status().Workers {
+		if w.ID == "w1" && (w.PID == w1.PID || cudaDevices(t, w.PID) != "1") {
+			t.Errorf("after the crash w1 = %+v with CUDA_VISIBLE_DEVICES=%q; want a new GPU 1 process", w, cudaDevices(t, w.PID))
+		}
+	}
+}
+
+// occupy2 occupies the next ready slot with a long job.
+func occupy2(t *testing.T, e *Executor) (stop func()) {
+	t.Helper()
+	busy := func() int {
+		n := 0
+		for _, w := range e.Status().Workers {
+			if !w.Spare && w.State == StateBusy {
+				n++
+			}
+		}
+		return n
+	}
+	before := busy()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = e.Run(ctx, testJob("slow=100ms", 64, 150), "tenant", nil)
+	}()
+	waitFor(t, 10*time.Second, "another long job to start", func() bool { return busy() == before+1 })
+	return func() { cancel(); <-done }
+}
+
+// cudaDevices reads CUDA_VISIBLE_DEVICES from a process's environment.
+func cudaDevices(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		t.Fatalf("read environment of pid %d: %v", pid, err)
+	}
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "CUDA_VISIBLE_DEVICES="); ok {
+			return v
+		}
+	}
+	return ""
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -61,6 +62,7 @@ var errWedged = errors.New("worker sent no event within the heartbeat")
 // (busy or cancelling).
 type slot struct {
 	id    string
+	gpu   string // CUDA_VISIBLE_DEVICES of its workers, empty when none
 	state State
 	w     *workerProc // nil while starting or in backoff
 
@@ -94,6 +96,7 @@ type WorkerStatus struct {
 	JobsDone uint64
 	Restarts uint32
 	Spare    bool
+	GPU      string
 }
 
 // Status is a snapshot of the pool.
@@ -110,7 +113,7 @@ func (e *Executor) Status() Status {
 	defer e.mu.Unlock()
 	st := Status{QueueDepth: e.queue.Len(), Serving: e.servingLocked()}
 	for _, s := range e.slots {
-		ws := WorkerStatus{ID: s.id, State: s.state, JobsDone: s.jobsDone, Restarts: s.restarts}
+		ws := WorkerStatus{ID: s.id, State: s.state, JobsDone: s.jobsDone, Restarts: s.restarts, GPU: s.gpu}
 		if s.w != nil {
 			ws.PID, ws.Device = s.w.proc.pid, s.w.desc.GetDevice()
 		}
@@ -118,7 +121,7 @@ func (e *Executor) Status() Status {
 	}
 	for i, w := range e.spares {
 		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", i), State: StateReady,
-			PID: w.proc.pid, Device: w.desc.GetDevice(), Spare: true})
+			PID: w.proc.pid, Device: w.desc.GetDevice(), Spare: true, GPU: w.gpu})
 	}
 	for i := range e.sparesStarting {
 		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", len(e.spares)+i), State: StateStarting, Spare: true})
@@ -475,9 +478,9 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	if deaths >= crashLoopDeaths {
 		delay = min(crashLoopMaxDelay, time.Second<<(deaths-crashLoopDeaths))
 		e.log.Warn("worker is crash-looping; holding it back", "worker", s.id, "deaths", deaths, "window", crashLoopWindow, "delay", delay)
-	} else if len(e.spares) > 0 {
-		s.w = e.spares[0]
-		e.spares = e.spares[1:]
+	} else if i := slices.IndexFunc(e.spares, func(w *workerProc) bool { return w.gpu == s.gpu }); i >= 0 {
+		s.w = e.spares[i]
+		e.spares = slices.Delete(e.spares, i, i+1)
 		s.state = StateReady
 		e.log.Info("hot spare took over", "worker", s.id, "process", s.w.name, "pid", s.w.proc.pid)
 		e.refillSparesLocked()
@@ -504,7 +507,7 @@ func (e *Executor) restartSlot(s *slot, delay time.Duration) {
 			return
 		}
 		e.setState(s, StateStarting)
-		w, err := e.spawn(context.Background())
+		w, err := e.spawn(context.Background(), s.gpu)
 		e.mu.Lock()
 		if e.closed {
 			e.mu.Unlock()
@@ -532,19 +535,55 @@ func (e *Executor) restartSlot(s *slot, delay time.Duration) {
 // or starting.
 func (e *Executor) refillSparesLocked() {
 	for len(e.spares)+e.sparesStarting < e.cfg.Spares && !e.closed {
+		gpu := e.spareGPULocked()
+		e.startingSpareGPUs = append(e.startingSpareGPUs, gpu)
 		e.sparesStarting++
 		e.wg.Add(1)
-		go e.startSpare()
+		go e.startSpare(gpu)
 	}
 }
 
-func (e *Executor) startSpare() {
+// spareGPULocked is the GPU with the fewest spares ready or starting, so
+// that a spare replaced on one GPU is replaced on the same GPU.
+func (e *Executor) spareGPULocked() string {
+	if len(e.cfg.GPUs) == 0 {
+		return ""
+	}
+	best, bestCount := "", -1
+	for _, g := range e.cfg.GPUs {
+		n := 0
+		for _, w := range e.spares {
+			if w.gpu == g {
+				n++
+			}
+		}
+		for _, sg := range e.startingSpareGPUs {
+			if sg == g {
+				n++
+			}
+		}
+		if bestCount < 0 || n < bestCount {
+			best, bestCount = g, n
+		}
+	}
+	return best
+}
+
+// spareStartedLocked forgets one starting spare of gpu.
+func (e *Executor) spareStartedLocked(gpu string) {
+	e.sparesStarting--
+	if i := slices.Index(e.startingSpareGPUs, gpu); i >= 0 {
+		e.startingSpareGPUs = slices.Delete(e.startingSpareGPUs, i, i+1)
+	}
+}
+
+func (e *Executor) startSpare(gpu string) {
 	defer e.wg.Done()
 	for failures := 0; ; failures++ {
-		w, err := e.spawn(context.Background())
+		w, err := e.spawn(context.Background(), gpu)
 		e.mu.Lock()
 		if e.closed {
-			e.sparesStarting--
+			e.spareStartedLocked(gpu)
 			e.mu.Unlock()
 			if w != nil {
 				w.kill()
@@ -552,7 +591,7 @@ func (e *Executor) startSpare() {
 			return
 		}
 		if err == nil {
-			e.sparesStarting--
+			e.spareStartedLocked(gpu)
 			e.spares = append(e.spares, w)
 			e.mu.Unlock()
 			return
@@ -562,7 +601,7 @@ func (e *Executor) startSpare() {
 		e.log.Error("spare start failed", "err", err, "retry_in", delay)
 		if !e.sleep(delay) {
 			e.mu.Lock()
-			e.sparesStarting--
+			e.spareStartedLocked(gpu)
 			e.mu.Unlock()
 			return
 		}

@@ -29,23 +29,28 @@ type workerProc struct {
 	conn   *grpc.ClientConn
 	client workerv1.WorkerServiceClient
 	desc   *workerv1.DescribeResponse
+	gpu    string // its CUDA_VISIBLE_DEVICES, empty when none was set
 }
 
 // spawn starts a worker process with a fresh socket and returns once it
 // serves (Describe answers), or fails when it exits, the start timeout
 // passes or the executor closes.
-func (e *Executor) spawn(ctx context.Context) (*workerProc, error) {
+func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 	e.mu.Lock()
 	name := fmt.Sprintf("p%d", e.spawned)
 	e.spawned++
 	e.mu.Unlock()
 	socket := filepath.Join(e.dir, name+".sock")
 	argv := append(append([]string(nil), e.cfg.Command...), "--socket", socket)
-	p, err := startProcess(argv, []string{"HOURGLASS_WORKER_SOCKET=" + socket}, e.cfg.WorkerLogs)
+	env := []string{"HOURGLASS_WORKER_SOCKET=" + socket}
+	if gpu != "" {
+		env = append(env, "CUDA_VISIBLE_DEVICES="+gpu)
+	}
+	p, err := startProcess(argv, env, e.cfg.WorkerLogs)
 	if err != nil {
 		return nil, err
 	}
-	w := &workerProc{name: name, socket: socket, proc: p}
+	w := &workerProc{name: name, socket: socket, proc: p, gpu: gpu}
 	w.conn, err = grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxWorkerMessage)),
@@ -86,7 +91,7 @@ func (e *Executor) spawn(ctx context.Context) (*workerProc, error) {
 		}
 		return nil, fmt.Errorf("worker %s: not serving within %v: %w", name, e.cfg.WorkerStart, err)
 	}
-	e.log.Info("worker process ready", "process", name, "pid", p.pid, "device", w.desc.GetDevice())
+	e.log.Info("worker process ready", "process", name, "pid", p.pid, "device", w.desc.GetDevice(), "gpu", gpu)
 	return w, nil
 }
 

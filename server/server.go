@@ -30,6 +30,7 @@ import (
 	"github.com/hourglass-dev/hourglass/executor"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	"github.com/hourglass-dev/hourglass/internal/config"
+	"github.com/hourglass-dev/hourglass/internal/gpu"
 	"github.com/hourglass-dev/hourglass/internal/telemetry"
 	"github.com/hourglass-dev/hourglass/quota"
 )
@@ -55,6 +56,8 @@ type Options struct {
 	// ServerOptions are added to the gRPC server's, e.g. TLS credentials
 	// and message size limits.
 	ServerOptions []grpc.ServerOption
+	// GPUs reads GPU memory for GetServerInfo and metrics; nil means none.
+	GPUs *gpu.Monitor
 }
 
 // Server is the gRPC server with its health service.
@@ -150,7 +153,10 @@ func New(opts Options) (*Server, error) {
 			deadlines.stream,
 		),
 	}, opts.ServerOptions...)...)
-	svc := &generateService{cfg: opts.Config, log: log, faultInjection: opts.FaultInjection, jobs: jobs}
+	svc := &generateService{cfg: opts.Config, log: log, faultInjection: opts.FaultInjection, jobs: jobs, gpus: opts.GPUs}
+	if err := registerGPUMetrics(mp.Meter(instrumentationName), svc); err != nil {
+		return nil, fmt.Errorf("server: metrics: %w", err)
+	}
 	hourglassv1.RegisterGenerateServiceServer(gs, svc)
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)

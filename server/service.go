@@ -19,6 +19,7 @@ import (
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 	"github.com/hourglass-dev/hourglass/internal/config"
+	"github.com/hourglass-dev/hourglass/internal/gpu"
 )
 
 // Version is the server's version, reported by GetServerInfo.
@@ -44,6 +45,8 @@ type generateService struct {
 	exec atomic.Pointer[executor.Executor]
 	// jobs counts finished jobs by gRPC status code.
 	jobs metric.Int64Counter
+	// gpus reads GPU memory; empty without NVML.
+	gpus *gpu.Monitor
 }
 
 func (s *generateService) executor() (*executor.Executor, error) {
@@ -176,12 +179,18 @@ func (s *generateService) GetServerInfo(ctx context.Context, _ *hourglassv1.GetS
 	}
 	resp.Styles = cat.Styles
 	st := e.Status()
+	gpus := s.gpus.Snapshot()
 	resp.QueueDepth = uint32(st.QueueDepth)
 	for _, w := range st.Workers {
 		resp.Workers = append(resp.Workers, &hourglassv1.WorkerInfo{
 			Id: w.ID, State: workerState(w.State), Pid: int32(w.PID), Device: w.Device,
 			JobsDone: w.JobsDone, Restarts: w.Restarts, Spare: w.Spare,
+			Gpu: w.GPU, GpuMemoryUsedBytes: gpus.ProcessMemory[w.PID],
 		})
+	}
+	for _, d := range gpus.Devices {
+		resp.Gpus = append(resp.Gpus, &hourglassv1.Gpu{Index: uint32(d.Index), Name: d.Name,
+			MemoryTotalBytes: d.MemoryTotal, MemoryUsedBytes: d.MemoryUsed})
 	}
 	return resp, nil
 }

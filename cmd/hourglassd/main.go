@@ -32,6 +32,7 @@ import (
 
 	"github.com/hourglass-dev/hourglass/executor"
 	"github.com/hourglass-dev/hourglass/internal/config"
+	"github.com/hourglass-dev/hourglass/internal/gpu"
 	"github.com/hourglass-dev/hourglass/internal/telemetry"
 	"github.com/hourglass-dev/hourglass/quota"
 	"github.com/hourglass-dev/hourglass/server"
@@ -150,6 +151,9 @@ func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, s
 	}
 	opts.Config, opts.Logger, opts.FaultInjection = cfg, log, faults
 	opts.TracerProvider, opts.MeterProvider = tel.TracerProvider, tel.MeterProvider
+	// NVML where the NVIDIA driver is installed; quietly nothing elsewhere.
+	opts.GPUs = gpu.Open()
+	defer opts.GPUs.Close()
 	srv, err := server.New(opts)
 	if err != nil {
 		return err
@@ -184,6 +188,7 @@ func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, s
 		pool, err := executor.New(startCtx, executor.Config{
 			Workers:                 cfg.Workers.Count,
 			Spares:                  cfg.Workers.Spares,
+			GPUs:                    cfg.Workers.GPUs,
 			Command:                 command,
 			QueueMax:                cfg.Queue.Max,
 			CancelGrace:             cfg.Timeouts.CancelGrace,

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -94,6 +95,12 @@ type Workers struct {
 	// built-in CPU worker, hourglass-worker, found next to the hourglassd
 	// executable or on PATH. The executor appends --socket PATH.
 	Command []string `yaml:"command"`
+	// GPUs, when set, are given to the workers in turn as
+	// CUDA_VISIBLE_DEVICES: worker i gets GPUs[i mod len(GPUs)], so
+	// [0, 0, 1] runs two workers on GPU 0 and one on GPU 1 (with
+	// workers.count 3). An entry may name several devices ("0,1") in YAML;
+	// HOURGLASS_WORKERS_GPUS splits on commas, one device per entry.
+	GPUs []string `yaml:"gpus"`
 }
 
 // Timeouts are the deadlines hourglassd applies.
@@ -242,6 +249,8 @@ func (c Config) Validate() error {
 		return invalid("listen", "must not be empty")
 	case c.Workers.Count < 1 || c.Workers.Count > 256:
 		return invalid("workers.count", "%d is outside 1..256", c.Workers.Count)
+	case slices.Contains(c.Workers.GPUs, ""):
+		return errors.New("workers.gpus: an entry is empty")
 	case c.Workers.Spares < 0 || c.Workers.Spares > 64:
 		return invalid("workers.spares", "%d is outside 0..64", c.Workers.Spares)
 	case c.Timeouts.Default <= 0:

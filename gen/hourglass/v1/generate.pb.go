@@ -1049,9 +1049,13 @@ type WorkerInfo struct {
 	Restarts uint32 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"`
 	// A hot spare: a started worker that takes no jobs until a slot's worker
 	// dies, then takes over at once.
-	Spare         bool `protobuf:"varint,7,opt,name=spare,proto3" json:"spare,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Spare bool `protobuf:"varint,7,opt,name=spare,proto3" json:"spare,omitempty"`
+	// The GPU the worker was given (its CUDA_VISIBLE_DEVICES), empty if none.
+	Gpu string `protobuf:"bytes,8,opt,name=gpu,proto3" json:"gpu,omitempty"`
+	// Device memory the worker process holds, from NVML; 0 when unknown.
+	GpuMemoryUsedBytes uint64 `protobuf:"varint,9,opt,name=gpu_memory_used_bytes,json=gpuMemoryUsedBytes,proto3" json:"gpu_memory_used_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *WorkerInfo) Reset() {
@@ -1133,6 +1137,93 @@ func (x *WorkerInfo) GetSpare() bool {
 	return false
 }
 
+func (x *WorkerInfo) GetGpu() string {
+	if x != nil {
+		return x.Gpu
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetGpuMemoryUsedBytes() uint64 {
+	if x != nil {
+		return x.GpuMemoryUsedBytes
+	}
+	return 0
+}
+
+// Gpu is one GPU of the server's machine, as NVML reports it.
+type Gpu struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// NVML device index.
+	Index uint32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// Product name, such as "NVIDIA H200".
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Device memory in bytes.
+	MemoryTotalBytes uint64 `protobuf:"varint,3,opt,name=memory_total_bytes,json=memoryTotalBytes,proto3" json:"memory_total_bytes,omitempty"`
+	// Device memory in use in bytes, by any process.
+	MemoryUsedBytes uint64 `protobuf:"varint,4,opt,name=memory_used_bytes,json=memoryUsedBytes,proto3" json:"memory_used_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Gpu) Reset() {
+	*x = Gpu{}
+	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gpu) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gpu) ProtoMessage() {}
+
+func (x *Gpu) ProtoReflect() protoreflect.Message {
+	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
+func (*Gpu) Descriptor() ([]byte, []int) {
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Gpu) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Gpu) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Gpu) GetMemoryTotalBytes() uint64 {
+	if x != nil {
+		return x.MemoryTotalBytes
+	}
+	return 0
+}
+
+func (x *Gpu) GetMemoryUsedBytes() uint64 {
+	if x != nil {
+		return x.MemoryUsedBytes
+	}
+	return 0
+}
+
 // GetServerInfoResponse describes the server.
 type GetServerInfoResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1147,14 +1238,16 @@ type GetServerInfoResponse struct {
 	// The workers.
 	Workers []*WorkerInfo `protobuf:"bytes,5,rep,name=workers,proto3" json:"workers,omitempty"`
 	// Jobs waiting for a worker.
-	QueueDepth    uint32 `protobuf:"varint,6,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	QueueDepth uint32 `protobuf:"varint,6,opt,name=queue_depth,json=queueDepth,proto3" json:"queue_depth,omitempty"`
+	// The machine's GPUs; empty where NVML is absent.
+	Gpus          []*Gpu `protobuf:"bytes,7,rep,name=gpus,proto3" json:"gpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetServerInfoResponse) Reset() {
 	*x = GetServerInfoResponse{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1259,7 @@ func (x *GetServerInfoResponse) String() string {
 func (*GetServerInfoResponse) ProtoMessage() {}
 
 func (x *GetServerInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[10]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1272,7 @@ func (x *GetServerInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetServerInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetServerInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{10}
+	return file_hourglass_v1_generate_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetServerInfoResponse) GetVersion() string {
@@ -1224,6 +1317,13 @@ func (x *GetServerInfoResponse) GetQueueDepth() uint32 {
 	return 0
 }
 
+func (x *GetServerInfoResponse) GetGpus() []*Gpu {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 // Queued: the job waits for a worker. Sent when it is queued and again
 // whenever its position changes.
 type GenerateEvent_Queued struct {
@@ -1236,7 +1336,7 @@ type GenerateEvent_Queued struct {
 
 func (x *GenerateEvent_Queued) Reset() {
 	*x = GenerateEvent_Queued{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1348,7 @@ func (x *GenerateEvent_Queued) String() string {
 func (*GenerateEvent_Queued) ProtoMessage() {}
 
 func (x *GenerateEvent_Queued) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[11]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1384,7 @@ type GenerateEvent_Started struct {
 
 func (x *GenerateEvent_Started) Reset() {
 	*x = GenerateEvent_Started{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1396,7 @@ func (x *GenerateEvent_Started) String() string {
 func (*GenerateEvent_Started) ProtoMessage() {}
 
 func (x *GenerateEvent_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[12]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1343,7 +1443,7 @@ type GenerateEvent_Progress struct {
 
 func (x *GenerateEvent_Progress) Reset() {
 	*x = GenerateEvent_Progress{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1455,7 @@ func (x *GenerateEvent_Progress) String() string {
 func (*GenerateEvent_Progress) ProtoMessage() {}
 
 func (x *GenerateEvent_Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[13]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1510,7 @@ type GenerateEvent_Done struct {
 
 func (x *GenerateEvent_Done) Reset() {
 	*x = GenerateEvent_Done{}
-	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1522,7 @@ func (x *GenerateEvent_Done) String() string {
 func (*GenerateEvent_Done) ProtoMessage() {}
 
 func (x *GenerateEvent_Done) ProtoReflect() protoreflect.Message {
-	mi := &file_hourglass_v1_generate_proto_msgTypes[14]
+	mi := &file_hourglass_v1_generate_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1640,7 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x0fdefault_timeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0edefaultTimeout\x12:\n" +
 	"\vmax_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxTimeout\x12\x1b\n" +
-	"\tmax_queue\x18\x04 \x01(\rR\bmaxQueue\"\xc6\x01\n" +
+	"\tmax_queue\x18\x04 \x01(\rR\bmaxQueue\"\x8b\x02\n" +
 	"\n" +
 	"WorkerInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
@@ -1549,7 +1649,14 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1b\n" +
 	"\tjobs_done\x18\x05 \x01(\x04R\bjobsDone\x12\x1a\n" +
 	"\brestarts\x18\x06 \x01(\rR\brestarts\x12\x14\n" +
-	"\x05spare\x18\a \x01(\bR\x05spare\"\xf9\x01\n" +
+	"\x05spare\x18\a \x01(\bR\x05spare\x12\x10\n" +
+	"\x03gpu\x18\b \x01(\tR\x03gpu\x121\n" +
+	"\x15gpu_memory_used_bytes\x18\t \x01(\x04R\x12gpuMemoryUsedBytes\"\x89\x01\n" +
+	"\x03Gpu\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12,\n" +
+	"\x12memory_total_bytes\x18\x03 \x01(\x04R\x10memoryTotalBytes\x12*\n" +
+	"\x11memory_used_bytes\x18\x04 \x01(\x04R\x0fmemoryUsedBytes\"\xa0\x02\n" +
 	"\x15GetServerInfoResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12+\n" +
 	"\x06models\x18\x02 \x03(\v2\x13.hourglass.v1.ModelR\x06models\x12\x16\n" +
@@ -1557,7 +1664,8 @@ const file_hourglass_v1_generate_proto_rawDesc = "" +
 	"\x06limits\x18\x04 \x01(\v2\x14.hourglass.v1.LimitsR\x06limits\x122\n" +
 	"\aworkers\x18\x05 \x03(\v2\x18.hourglass.v1.WorkerInfoR\aworkers\x12\x1f\n" +
 	"\vqueue_depth\x18\x06 \x01(\rR\n" +
-	"queueDepth*\x94\x01\n" +
+	"queueDepth\x12%\n" +
+	"\x04gpus\x18\a \x03(\v2\x11.hourglass.v1.GpuR\x04gpus*\x94\x01\n" +
 	"\vPerformance\x12\x1b\n" +
 	"\x17PERFORMANCE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11PERFORMANCE_SPEED\x10\x01\x12\x17\n" +
@@ -1594,7 +1702,7 @@ func file_hourglass_v1_generate_proto_rawDescGZIP() []byte {
 }
 
 var file_hourglass_v1_generate_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_hourglass_v1_generate_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_hourglass_v1_generate_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_hourglass_v1_generate_proto_goTypes = []any{
 	(Performance)(0),               // 0: hourglass.v1.Performance
 	(OutputFormat)(0),              // 1: hourglass.v1.OutputFormat
@@ -1609,44 +1717,46 @@ var file_hourglass_v1_generate_proto_goTypes = []any{
 	(*Model)(nil),                  // 10: hourglass.v1.Model
 	(*Limits)(nil),                 // 11: hourglass.v1.Limits
 	(*WorkerInfo)(nil),             // 12: hourglass.v1.WorkerInfo
-	(*GetServerInfoResponse)(nil),  // 13: hourglass.v1.GetServerInfoResponse
-	(*GenerateEvent_Queued)(nil),   // 14: hourglass.v1.GenerateEvent.Queued
-	(*GenerateEvent_Started)(nil),  // 15: hourglass.v1.GenerateEvent.Started
-	(*GenerateEvent_Progress)(nil), // 16: hourglass.v1.GenerateEvent.Progress
-	(*GenerateEvent_Done)(nil),     // 17: hourglass.v1.GenerateEvent.Done
-	(*durationpb.Duration)(nil),    // 18: google.protobuf.Duration
+	(*Gpu)(nil),                    // 13: hourglass.v1.Gpu
+	(*GetServerInfoResponse)(nil),  // 14: hourglass.v1.GetServerInfoResponse
+	(*GenerateEvent_Queued)(nil),   // 15: hourglass.v1.GenerateEvent.Queued
+	(*GenerateEvent_Started)(nil),  // 16: hourglass.v1.GenerateEvent.Started
+	(*GenerateEvent_Progress)(nil), // 17: hourglass.v1.GenerateEvent.Progress
+	(*GenerateEvent_Done)(nil),     // 18: hourglass.v1.GenerateEvent.Done
+	(*durationpb.Duration)(nil),    // 19: google.protobuf.Duration
 }
 var file_hourglass_v1_generate_proto_depIdxs = []int32{
 	0,  // 0: hourglass.v1.GenerateRequest.performance:type_name -> hourglass.v1.Performance
 	1,  // 1: hourglass.v1.GenerateRequest.output_format:type_name -> hourglass.v1.OutputFormat
-	18, // 2: hourglass.v1.GenerateStats.queue_wait:type_name -> google.protobuf.Duration
-	18, // 3: hourglass.v1.GenerateStats.run_time:type_name -> google.protobuf.Duration
+	19, // 2: hourglass.v1.GenerateStats.queue_wait:type_name -> google.protobuf.Duration
+	19, // 3: hourglass.v1.GenerateStats.run_time:type_name -> google.protobuf.Duration
 	5,  // 4: hourglass.v1.GenerateResponse.images:type_name -> hourglass.v1.Image
 	6,  // 5: hourglass.v1.GenerateResponse.stats:type_name -> hourglass.v1.GenerateStats
-	14, // 6: hourglass.v1.GenerateEvent.queued:type_name -> hourglass.v1.GenerateEvent.Queued
-	15, // 7: hourglass.v1.GenerateEvent.started:type_name -> hourglass.v1.GenerateEvent.Started
-	16, // 8: hourglass.v1.GenerateEvent.progress:type_name -> hourglass.v1.GenerateEvent.Progress
+	15, // 6: hourglass.v1.GenerateEvent.queued:type_name -> hourglass.v1.GenerateEvent.Queued
+	16, // 7: hourglass.v1.GenerateEvent.started:type_name -> hourglass.v1.GenerateEvent.Started
+	17, // 8: hourglass.v1.GenerateEvent.progress:type_name -> hourglass.v1.GenerateEvent.Progress
 	5,  // 9: hourglass.v1.GenerateEvent.image:type_name -> hourglass.v1.Image
-	17, // 10: hourglass.v1.GenerateEvent.done:type_name -> hourglass.v1.GenerateEvent.Done
+	18, // 10: hourglass.v1.GenerateEvent.done:type_name -> hourglass.v1.GenerateEvent.Done
 	4,  // 11: hourglass.v1.GenerateEvent.preview:type_name -> hourglass.v1.Preview
-	18, // 12: hourglass.v1.Limits.default_timeout:type_name -> google.protobuf.Duration
-	18, // 13: hourglass.v1.Limits.max_timeout:type_name -> google.protobuf.Duration
+	19, // 12: hourglass.v1.Limits.default_timeout:type_name -> google.protobuf.Duration
+	19, // 13: hourglass.v1.Limits.max_timeout:type_name -> google.protobuf.Duration
 	2,  // 14: hourglass.v1.WorkerInfo.state:type_name -> hourglass.v1.WorkerState
 	10, // 15: hourglass.v1.GetServerInfoResponse.models:type_name -> hourglass.v1.Model
 	11, // 16: hourglass.v1.GetServerInfoResponse.limits:type_name -> hourglass.v1.Limits
 	12, // 17: hourglass.v1.GetServerInfoResponse.workers:type_name -> hourglass.v1.WorkerInfo
-	6,  // 18: hourglass.v1.GenerateEvent.Done.stats:type_name -> hourglass.v1.GenerateStats
-	3,  // 19: hourglass.v1.GenerateService.Generate:input_type -> hourglass.v1.GenerateRequest
-	3,  // 20: hourglass.v1.GenerateService.GenerateStream:input_type -> hourglass.v1.GenerateRequest
-	9,  // 21: hourglass.v1.GenerateService.GetServerInfo:input_type -> hourglass.v1.GetServerInfoRequest
-	7,  // 22: hourglass.v1.GenerateService.Generate:output_type -> hourglass.v1.GenerateResponse
-	8,  // 23: hourglass.v1.GenerateService.GenerateStream:output_type -> hourglass.v1.GenerateEvent
-	13, // 24: hourglass.v1.GenerateService.GetServerInfo:output_type -> hourglass.v1.GetServerInfoResponse
-	22, // [22:25] is the sub-list for method output_type
-	19, // [19:22] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	13, // 18: hourglass.v1.GetServerInfoResponse.gpus:type_name -> hourglass.v1.Gpu
+	6,  // 19: hourglass.v1.GenerateEvent.Done.stats:type_name -> hourglass.v1.GenerateStats
+	3,  // 20: hourglass.v1.GenerateService.Generate:input_type -> hourglass.v1.GenerateRequest
+	3,  // 21: hourglass.v1.GenerateService.GenerateStream:input_type -> hourglass.v1.GenerateRequest
+	9,  // 22: hourglass.v1.GenerateService.GetServerInfo:input_type -> hourglass.v1.GetServerInfoRequest
+	7,  // 23: hourglass.v1.GenerateService.Generate:output_type -> hourglass.v1.GenerateResponse
+	8,  // 24: hourglass.v1.GenerateService.GenerateStream:output_type -> hourglass.v1.GenerateEvent
+	14, // 25: hourglass.v1.GenerateService.GetServerInfo:output_type -> hourglass.v1.GetServerInfoResponse
+	23, // [23:26] is the sub-list for method output_type
+	20, // [20:23] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_hourglass_v1_generate_proto_init() }
@@ -1669,7 +1779,7 @@ func file_hourglass_v1_generate_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hourglass_v1_generate_proto_rawDesc), len(file_hourglass_v1_generate_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
