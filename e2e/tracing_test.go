@@ -226,7 +226,7 @@ func only(t *testing.T, spans []sdktrace.ReadOnlySpan, keep func(sdktrace.ReadOn
 func attr(s sdktrace.ReadOnlySpan, key string) string {
 	for _, kv := range s.Attributes() {
 		if kv.Key == attribute.Key(key) {
-			return kv.Value.Emit()
+			return kv.Value.String()
 		}
 	}
 	return ""

@@ -106,15 +106,6 @@ func (q *jobQueue) remove(j *job) bool {
 	return true
 }
 
-// all returns every waiting job, in no particular order.
-func (q *jobQueue) all() []*job {
-	out := make([]*job, 0, q.n)
-	for _, t := range q.tenants {
-		out = append(out, t.items...)
-	}
-	return out
-}
-
 // ahead estimates the jobs that run before j and their estimated worker
 // time: the k jobs before it in its tenant's order, and from every other
 // tenant the jobs fair sharing serves in between: k of them, or k+1 when

@@ -174,7 +174,7 @@ func TestRunSpanJoinsCallersTrace(t *testing.T) {
 		"hourglass.outcome":     attribute.StringValue("OK"),
 	} {
 		if a[key] != want {
-			t.Errorf("worker.generate %s = %v, want %v", key, a[key].Emit(), want.Emit())
+			t.Errorf("worker.generate %s = %v, want %v", key, a[key].String(), want.String())
 		}
 	}
 	if gen.Status().Code != codes.Unset {
@@ -201,7 +201,7 @@ func TestRunSpanJoinsCallersTrace(t *testing.T) {
 			kvs = append(kvs, ev.Attributes...)
 		}
 		for _, kv := range kvs {
-			if strings.Contains(kv.Value.Emit(), job.GetPrompt()) {
+			if strings.Contains(kv.Value.String(), job.GetPrompt()) {
 				t.Errorf("span %s attribute %s holds the prompt", s.Name(), kv.Key)
 			}
 		}
