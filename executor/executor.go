@@ -492,12 +492,18 @@ func (j *job) finish(res *Result, err error) {
 	close(j.done)
 }
 
+// deadlineSlack: a cancellation this close to the deadline is the deadline.
+// The server's deadline is the caller's timeout counted from the request's
+// arrival, so it falls a network delay after the caller's own; the caller's
+// cancellation, sent at its deadline, can arrive a little before ours.
+const deadlineSlack = 25 * time.Millisecond
+
 // abandoned is the outcome of a job whose context ended first. The deadline
 // is judged by the clock, not by ctx.Err(): when a caller's deadline passes,
 // grpc-go usually ends the server context with Canceled (the caller's
 // RST_STREAM wins the race), yet the caller's deadline is what happened.
 func (j *job) abandoned() error {
-	if !time.Now().Before(j.deadline) {
+	if !time.Now().Before(j.deadline.Add(-deadlineSlack)) {
 		return j.deadlineErr()
 	}
 	done, total := j.stepsDone.Load(), j.stepsTotal

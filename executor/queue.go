@@ -29,6 +29,12 @@ type jobQueue struct {
 	streamers int
 	seq       uint64
 	vtime     time.Duration // virtual time: served time of the last tenant popped
+	// served remembers the served time of tenants whose queue emptied, so
+	// that a tenant whose job was just dispatched does not come back at
+	// the virtual time, level with a tenant still waiting for its first
+	// turn. Entries at or below the virtual time carry no information and
+	// are pruned.
+	served map[string]time.Duration
 }
 
 // tenantQueue is one tenant's waiting jobs.
@@ -55,7 +61,8 @@ func (q *jobQueue) push(j *job) {
 	j.seq = q.seq
 	t := q.tenants[q.key(j)]
 	if t == nil {
-		t = &tenantQueue{fifo: q.fifo, served: q.vtime}
+		t = &tenantQueue{fifo: q.fifo, served: max(q.vtime, q.served[q.key(j)])}
+		delete(q.served, q.key(j))
 		q.tenants[q.key(j)] = t
 	}
 	heap.Push(t, j)
@@ -88,8 +95,26 @@ func (q *jobQueue) pop() *job {
 	q.count(j, -1)
 	if best.Len() == 0 {
 		delete(q.tenants, bestKey)
+		q.remember(bestKey, best.served)
 	}
 	return j
+}
+
+// remember keeps an emptied tenant's served time, pruning what the virtual
+// time has caught up with so the map stays as small as the set of tenants
+// served recently.
+func (q *jobQueue) remember(key string, served time.Duration) {
+	if q.served == nil {
+		q.served = map[string]time.Duration{}
+	}
+	q.served[key] = served
+	if len(q.served) > 2*len(q.tenants)+16 {
+		for k, v := range q.served {
+			if v <= q.vtime {
+				delete(q.served, k)
+			}
+		}
+	}
 }
 
 // remove takes j out of the queue; it reports false when j was not queued.
@@ -102,6 +127,7 @@ func (q *jobQueue) remove(j *job) bool {
 	q.count(j, -1)
 	if t.Len() == 0 {
 		delete(q.tenants, q.key(j))
+		q.remember(q.key(j), t.served)
 	}
 	return true
 }

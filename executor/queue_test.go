@@ -140,3 +140,26 @@ func TestRestartBackoff(t *testing.T) {
 		}
 	}
 }
+
+// A tenant whose only queued job was just dispatched keeps the time it was
+// served: it does not tie with a tenant still waiting for its first turn.
+func TestQueueRemembersServedTime(t *testing.T) {
+	base := time.Unix(1_700_000_000, 0)
+	var q jobQueue
+	q.push(&job{tenant: "alice", deadline: base, estimate: time.Second, index: -1})
+	if got := q.pop().tenant; got != "alice" {
+		t.Fatalf("first pop = %s; want alice", got)
+	}
+	// alice's job runs; she queues two more, then bob arrives with a later
+	// deadline. bob has been served nothing: he goes next.
+	q.push(&job{tenant: "alice", deadline: base.Add(time.Second), estimate: time.Second, index: -1})
+	q.push(&job{tenant: "alice", deadline: base.Add(2 * time.Second), estimate: time.Second, index: -1})
+	q.push(&job{tenant: "bob", deadline: base.Add(time.Hour), estimate: time.Second, index: -1})
+	var got string
+	for q.Len() > 0 {
+		got += q.pop().tenant[:1]
+	}
+	if got != "baa" {
+		t.Fatalf("pop order = %s; want baa", got)
+	}
+}

@@ -100,7 +100,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(signals)
-	if err := serve(log, cfg, command, f.unsafeFaults, signals); err != nil {
+	// Files the config names (tokens, TLS) are read now: a bad one is a
+	// configuration error, exit 2, before anything listens.
+	sec, err := loadSecurity(cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
+		return 2
+	}
+	if err := serve(log, cfg, sec, command, f.unsafeFaults, signals); err != nil {
 		log.Error("hourglassd failed", "err", err)
 		return 1
 	}
@@ -129,7 +136,7 @@ func loadConfig(fs *flag.FlagSet, f flags) (config.Config, error) {
 // serve listens first, so health checks answer NOT_SERVING while workers
 // start (a GPU worker may load a model for minutes), then starts the pool
 // and serves until a signal.
-func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, signals <-chan os.Signal) error {
+func serve(log *slog.Logger, cfg config.Config, sec *security, command []string, faults bool, signals <-chan os.Signal) error {
 	ctx := context.Background()
 	tel, err := telemetry.Setup(ctx, telemetry.Options{ServiceName: "hourglassd", ServiceVersion: server.Version,
 		Metrics: cfg.Metrics.Listen != ""})
@@ -145,10 +152,10 @@ func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, s
 		}
 	}()
 
-	opts, err := securityOptions(cfg, tel.MeterProvider)
-	if err != nil {
+	if err := sec.countThrottles(tel.MeterProvider); err != nil {
 		return err
 	}
+	opts := sec.opts
 	opts.Config, opts.Logger, opts.FaultInjection = cfg, log, faults
 	opts.TracerProvider, opts.MeterProvider = tel.TracerProvider, tel.MeterProvider
 	// NVML where the NVIDIA driver is installed; quietly nothing elsewhere.
@@ -253,44 +260,55 @@ func serve(log *slog.Logger, cfg config.Config, command []string, faults bool, s
 	return nil
 }
 
-// securityOptions loads what authenticates callers and limits tenants:
-// the token file, the TLS credentials, the per-tenant limiter.
-func securityOptions(cfg config.Config, mp metric.MeterProvider) (server.Options, error) {
-	var opts server.Options
+// security is what authenticates callers and limits tenants: the token
+// file, the TLS credentials, the per-tenant limiter.
+type security struct {
+	opts      server.Options
+	throttles metric.Int64Counter // set by countThrottles before serving
+}
+
+func loadSecurity(cfg config.Config) (*security, error) {
+	sec := &security{}
 	if cfg.Auth.TokensFile != "" {
 		tokens, err := server.LoadTokens(cfg.Auth.TokensFile)
 		if err != nil {
-			return opts, fmt.Errorf("auth.tokens_file: %w", err)
+			return nil, fmt.Errorf("auth.tokens_file: %w", err)
 		}
-		opts.Tokens = tokens
+		sec.opts.Tokens = tokens
 	}
 	if cfg.TLS.Cert != "" {
 		creds, err := tlsCredentials(cfg.TLS)
 		if err != nil {
-			return opts, err
+			return nil, err
 		}
-		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(creds))
-		opts.ClientCerts = cfg.TLS.ClientCA != ""
-	}
-	throttles, err := mp.Meter("github.com/hourglass-dev/hourglass/cmd/hourglassd").Int64Counter("hourglass.tenant.throttles",
-		metric.WithDescription("Calls refused by a per-tenant limit, by tenant and limit."))
-	if err != nil {
-		return opts, err
+		sec.opts.ServerOptions = append(sec.opts.ServerOptions, grpc.Creds(creds))
+		sec.opts.ClientCerts = cfg.TLS.ClientCA != ""
 	}
 	limiter, err := quota.New(quota.Config{
 		MaxConcurrent: cfg.Tenants.MaxConcurrent,
 		Rate:          cfg.Tenants.WorkerSecondsPerSecond,
 		Burst:         cfg.Tenants.BurstWorkerSeconds,
 		OnThrottle: func(tenant string, limit quota.Limit) {
-			throttles.Add(context.Background(), 1, metric.WithAttributes(
-				attribute.String("tenant", tenant), attribute.String("limit", string(limit))))
+			if sec.throttles != nil {
+				sec.throttles.Add(context.Background(), 1, metric.WithAttributes(
+					attribute.String("tenant", tenant), attribute.String("limit", string(limit))))
+			}
 		},
 	})
 	if err != nil {
-		return opts, fmt.Errorf("tenants: %w", err)
+		return nil, fmt.Errorf("tenants: %w", err)
 	}
-	opts.Limiter = limiter
-	return opts, nil
+	sec.opts.Limiter = limiter
+	return sec, nil
+}
+
+// countThrottles makes per-tenant refusals a metric. Called before the
+// server serves, so the limiter's callback sees the counter.
+func (sec *security) countThrottles(mp metric.MeterProvider) error {
+	c, err := mp.Meter("github.com/hourglass-dev/hourglass/cmd/hourglassd").Int64Counter("hourglass.tenant.throttles",
+		metric.WithDescription("Calls refused by a per-tenant limit, by tenant and limit."))
+	sec.throttles = c
+	return err
 }
 
 // tlsCredentials builds the server's TLS: 1.2 at least (1.3 preferred by
