@@ -87,12 +87,14 @@ var serviceName = hourglassv1.GenerateService_ServiceDesc.ServiceName
 //  3. drain gate: UNAVAILABLE once draining; tracks running calls.
 //  4. auth: UNAUTHENTICATED without a valid token or client certificate;
 //     names the tenant. Health and reflection need no credentials.
-//  5. bad-request details: adds google.rpc.BadRequest to validation errors.
-//  6. validation (protovalidate): INVALID_ARGUMENT before any work.
-//  7. tenant limits: concurrent jobs per tenant. After validation, so an
+//  5. decode errors: a request the codec could not decode (invalid UTF-8,
+//     malformed bytes) is INVALID_ARGUMENT, not grpc-go's INTERNAL.
+//  6. bad-request details: adds google.rpc.BadRequest to validation errors.
+//  7. validation (protovalidate): INVALID_ARGUMENT before any work.
+//  8. tenant limits: concurrent jobs per tenant. After validation, so an
 //     invalid request never takes a tenant's slot. The worker-time budget
 //     is charged in the handler, by the job's estimate, once it is resolved.
-//  8. deadline: the caller's deadline, or the default, capped at the max.
+//  9. deadline: the caller's deadline, or the default, capped at the max.
 func New(opts Options) (*Server, error) {
 	validator, err := protovalidate.New()
 	if err != nil {
@@ -124,6 +126,8 @@ func New(opts Options) (*Server, error) {
 	}
 	gate := newDrainGate()
 	gs := grpc.NewServer(append([]grpc.ServerOption{
+		// Undecodable requests become INVALID_ARGUMENT (see codec.go).
+		grpc.ForceServerCodecV2(newLenientCodec()),
 		// The stats handler runs before every interceptor: each call has
 		// its server span (joined to the caller's trace) and the standard
 		// rpc.server.* metrics, whatever an interceptor decides.
@@ -137,6 +141,7 @@ func New(opts Options) (*Server, error) {
 			calls.UnaryServerInterceptor(),
 			gate.unary,
 			auth.UnaryServerInterceptor(),
+			unaryDecodeErrors,
 			unaryBadRequest,
 			grpcvalidate.UnaryServerInterceptor(validator),
 			quotas.UnaryServerInterceptor(),
@@ -147,6 +152,7 @@ func New(opts Options) (*Server, error) {
 			calls.StreamServerInterceptor(),
 			gate.stream,
 			auth.StreamServerInterceptor(),
+			streamDecodeErrors,
 			streamBadRequest,
 			grpcvalidate.StreamServerInterceptor(validator),
 			quotas.StreamServerInterceptor(),
