@@ -107,6 +107,8 @@ func TestConfigErrors(t *testing.T) {
 			want: []string{"workers.count", "300"}},
 		{name: "unknown flag", args: []string{"--wrokers", "2"}, want: []string{"wrokers"}},
 		{name: "stray argument", args: []string{"serve"}, want: []string{`"serve"`}},
+		// Secure default: plaintext only on loopback unless --insecure.
+		{name: "plaintext beyond loopback", args: []string{"--listen", "0.0.0.0:0"}, want: []string{"TLS is off", "--insecure"}},
 		{name: "missing config file", args: []string{"--config", "/nonexistent/hourglass.yaml"},
 			want: []string{"/nonexistent/hourglass.yaml"}},
 	}

@@ -49,6 +49,7 @@ type flags struct {
 	listen        string
 	workers       int
 	metricsListen string
+	insecure      bool
 	unsafeFaults  bool
 }
 
@@ -63,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.listen, "listen", config.Default().Listen, "TCP `address` to serve gRPC on (listen)")
 	fs.IntVar(&f.workers, "workers", config.Default().Workers.Count, "number of worker processes (workers.count)")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "TCP `address` of the Prometheus /metrics page (metrics.listen); off when empty")
+	fs.BoolVar(&f.insecure, "insecure", false,
+		"allow a non-loopback listen address without TLS (behind a mesh sidecar that terminates mTLS)")
 	fs.BoolVar(&f.unsafeFaults, "unsafe-fault-injection", false,
 		"TESTS ONLY: let the hourglass-fault metadata key inject faults (hang, crash, ...) into workers")
 	if err := fs.Parse(args); err != nil {
@@ -74,6 +77,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := loadConfig(fs, f)
 	if err != nil {
+		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
+		return 2
+	}
+	if err := checkPlaintext(cfg, f.insecure); err != nil {
 		fmt.Fprintf(stderr, "hourglassd: %v\n", err)
 		return 2
 	}
@@ -258,6 +265,28 @@ func serve(log *slog.Logger, cfg config.Config, sec *security, command []string,
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// checkPlaintext refuses to serve plaintext beyond this machine: bearer
+// tokens and prompts would cross the network in clear. A mesh sidecar that
+// terminates mTLS in front of hourglassd is the one good reason, and
+// --insecure says so explicitly.
+func checkPlaintext(cfg config.Config, insecure bool) error {
+	if cfg.TLS.Cert != "" || insecure {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("listen: %q is reachable from other machines and TLS is off: set tls.cert and tls.key, "+
+		"or pass --insecure if a sidecar terminates TLS in front of hourglassd", cfg.Listen)
 }
 
 // security is what authenticates callers and limits tenants: the token
