@@ -20,25 +20,40 @@ import (
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
 
-// workerBin is the real built-in worker, built once for these tests: the
-// executor's promises are about processes, so its tests use real ones.
-var workerBin string
+// workerBin is the real built-in worker, built on first use for these
+// tests: the executor's promises are about processes, so its tests use real
+// ones. Lazily, so that fuzzing workers (which run no such test) skip it.
+var (
+	buildOnce sync.Once
+	binDir    string
+	workerBin string
+	buildErr  error
+)
+
+func buildWorker(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "hourglass-executor-test-")
+		if buildErr != nil {
+			return
+		}
+		workerBin = filepath.Join(binDir, "hourglass-worker")
+		out, err := exec.Command("go", "build", "-o", workerBin, "../cmd/hourglass-worker").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build worker: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return workerBin
+}
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hourglass-executor-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	workerBin = filepath.Join(dir, "hourglass-worker")
-	build := exec.Command("go", "build", "-o", workerBin, "../cmd/hourglass-worker")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build worker:", err)
-		os.Exit(1)
-	}
 	code := m.Run()
-	os.RemoveAll(dir)
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutine leak:", err)
@@ -80,7 +95,7 @@ func newPool(t *testing.T, cfg Config) *Executor {
 	t.Helper()
 	var mu sync.Mutex
 	var pids []int
-	cfg.Command = []string{workerBin, "--unsafe-fault-injection"}
+	cfg.Command = []string{buildWorker(t), "--unsafe-fault-injection"}
 	cfg.Logger = slog.New(pidLog{mu: &mu, pids: &pids})
 	cfg.WorkerLogs = testLogWriter{t}
 	if cfg.Workers == 0 {

@@ -361,17 +361,31 @@ func (e *Executor) call(parent context.Context, s *slot, w *workerProc, j *job) 
 			return nil, out, jobErr
 		}
 		heartbeat.Reset(e.cfg.Heartbeat)
-		switch ev := msg.GetEvent().(type) {
-		case *workerv1.RunResponse_Progress:
+		images = j.onWorkerEvent(msg, images)
+	}
+}
+
+// onWorkerEvent applies one event from the worker to the job and returns
+// the images so far. A worker is another program, possibly buggy: an event
+// with nothing in it is ignored rather than passed on to the caller.
+func (j *job) onWorkerEvent(msg *workerv1.RunResponse, images []*hourglassv1.Image) []*hourglassv1.Image {
+	switch ev := msg.GetEvent().(type) {
+	case *workerv1.RunResponse_Progress:
+		if ev.Progress != nil {
 			j.stepsDone.Add(1)
 			j.post(Event{Kind: EventProgress, Progress: ev.Progress})
-		case *workerv1.RunResponse_Image:
+		}
+	case *workerv1.RunResponse_Image:
+		if ev.Image != nil {
 			images = append(images, ev.Image)
 			j.post(Event{Kind: EventImage, Image: ev.Image})
-		case *workerv1.RunResponse_Preview:
+		}
+	case *workerv1.RunResponse_Preview:
+		if ev.Preview != nil {
 			j.post(Event{Kind: EventPreview, Preview: ev.Preview})
 		}
 	}
+	return images
 }
 
 // classify turns a failed worker call into the job's error and the worker's
