@@ -6,6 +6,8 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+
+	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
 // errDraining is the cancel cause of calls still running when the drain
@@ -78,8 +80,14 @@ func (g *drainGate) drain(ctx context.Context) (cancelled int) {
 	return cancelled
 }
 
+// drainExempt: health, reflection and GetServerInfo (which runs no job and
+// shows an operator how the drain goes) stay open while draining.
+func drainExempt(method string) bool {
+	return publicService(serviceOf(method)) || method == hourglassv1.GenerateService_GetServerInfo_FullMethodName
+}
+
 func (g *drainGate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if publicService(serviceOf(info.FullMethod)) {
+	if drainExempt(info.FullMethod) {
 		return handler(ctx, req)
 	}
 	ctx, leave, err := g.enter(ctx)
@@ -91,7 +99,7 @@ func (g *drainGate) unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 }
 
 func (g *drainGate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	if publicService(serviceOf(info.FullMethod)) {
+	if drainExempt(info.FullMethod) {
 		return handler(srv, ss)
 	}
 	ctx, leave, err := g.enter(ss.Context())

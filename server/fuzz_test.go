@@ -6,8 +6,8 @@ import (
 	"buf.build/go/protovalidate"
 	"google.golang.org/protobuf/proto"
 
-	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	"github.com/hourglass-dev/hourglass/executor"
+	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
 // FuzzRequest feeds arbitrary bytes through what the server does to a

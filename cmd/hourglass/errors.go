@@ -47,6 +47,28 @@ type notServingError struct{ status string }
 
 func (e *notServingError) Error() string { return "service is " + e.status }
 
+// reportedError is the outcome of a command that asked several servers and
+// printed each answer, failures included, on stdout: its exit status is
+// the first failure's, and only a summary goes to stderr.
+type reportedError struct {
+	first      error
+	failed, of int
+}
+
+func (e *reportedError) Error() string {
+	return fmt.Sprintf("%d of %d servers failed; the first: %v", e.failed, e.of, e.first)
+}
+
+func (e *reportedError) Unwrap() error { return e.first }
+
+// reportFailures is nil when no server failed, else a reportedError.
+func reportFailures(failed []error, of int) error {
+	if len(failed) == 0 {
+		return nil
+	}
+	return &reportedError{first: failed[0], failed: len(failed), of: of}
+}
+
 // exitStatus maps the error a subcommand returned to the process exit status;
 // the package doc has the table.
 func exitStatus(err error) int {
@@ -125,8 +147,12 @@ func printError(w io.Writer, err error) {
 		usage      *usageError
 		local      *localError
 		notServing *notServingError
+		reported   *reportedError
 	)
 	switch {
+	case errors.As(err, &reported):
+		fmt.Fprintf(w, "hourglass: %d of %d servers failed\n", reported.failed, reported.of)
+		return
 	case errors.As(err, &usage):
 		fmt.Fprintf(w, "hourglass: %s\nRun 'hourglass help' for usage.\n", usage.msg)
 		return

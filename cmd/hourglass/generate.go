@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hourglass-dev/hourglass/client"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
@@ -126,7 +127,7 @@ func parseGenerateArgs(args []string, out io.Writer) (*generateConfig, error) {
 	fs.Var(&height, "height", "image height `N` in pixels, a multiple of 8 in 64..2048; server default 512")
 	fs.Var(&steps, "steps", "sampling steps `N`, 1..150; overrides --performance")
 	fs.Var(&count, "count", "`N` images, 1..32; server default 1")
-	fs.Uint64Var(&seed, "seed", 0, "`SEED` of the first image (image i uses seed+i); server default random")
+	fs.Uint64Var(&seed, "seed", 0, "`SEED` of the first image (image i uses seed+i); default random, fixed before the first try so that a retry makes the same images")
 	fs.Var(&guidance, "guidance", "classifier-free guidance `F`, 1..30; server default 4")
 	fs.Var(&sharpness, "sharpness", "sharpness `F`, 0..30; server default 2")
 	fs.StringVar(&model, "model", "", "model `NAME`; server default model when empty (see hourglass info)")
@@ -212,20 +213,20 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			return err
 		}
 	}
-	conn, err := cfg.conn.connect()
+	prog := newProgress(stderr, cfg.req.GetImageCount())
+	defer prog.finish()
+	c, err := cfg.conn.connectAll(client.OnStreamRetry(prog.retrying))
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer c.Close()
 
 	ctx, cancel := cfg.conn.callContext(ctx)
 	defer cancel()
-	prog := newProgress(stderr, cfg.req.GetImageCount())
-	defer prog.finish()
 	out := newImageSaver(cfg.output)
 	defer out.discard()
 
-	stats, err := generate(ctx, hourglassv1.NewGenerateServiceClient(conn), cfg.req, prog, out, previews)
+	stats, err := generate(ctx, c, cfg.req, prog, out, previews)
 	if err != nil {
 		return err
 	}
@@ -246,18 +247,11 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // generate runs one streamed job: it reports each event to prog, hands each
 // image to out as it arrives, writes each preview with previews (when it is
 // not nil) and returns the stats of the done event. The call's deadline is
-// ctx's.
-func generate(ctx context.Context, client hourglassv1.GenerateServiceClient, req *hourglassv1.GenerateRequest, prog progress, out *imageSaver, previews *previewSaver) (*hourglassv1.GenerateStats, error) {
-	stream, err := client.GenerateStream(ctx, req)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		ev, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
-			// The server must end a successful stream with Done.
-			return nil, status.Error(codes.Unknown, "the server ended the stream without a done event")
-		}
+// ctx's. The client fixes the seed before the first try and starts the job
+// again, with that seed, when it fails UNAVAILABLE before its first image
+// (prog.retrying reports it); no image can come from a failed try.
+func generate(ctx context.Context, c *client.Client, req *hourglassv1.GenerateRequest, prog progress, out *imageSaver, previews *previewSaver) (*hourglassv1.GenerateStats, error) {
+	for ev, err := range c.GenerateStream(ctx, req) {
 		if err != nil {
 			return nil, err
 		}
@@ -288,6 +282,8 @@ func generate(ctx context.Context, client hourglassv1.GenerateServiceClient, req
 		}
 		// Unknown events (a newer server) are ignored.
 	}
+	// GenerateStream ends after done or with an error.
+	return nil, status.Error(codes.Internal, "the stream ended without a done event or an error")
 }
 
 // printStatsJSON prints the stats with the proto field names and protojson

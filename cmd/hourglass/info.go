@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/hourglass-dev/hourglass/client"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
@@ -48,39 +50,99 @@ func parseFlags(fs *flag.FlagSet, c *connFlags, args []string) error {
 	return c.check()
 }
 
-// runInfo is the info subcommand.
+// runInfo is the info subcommand. With several servers it asks each and
+// prints a section per server.
 func runInfo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		c      connFlags
 		asJSON bool
 	)
-	fs := newFlagSet("info", "Describe the server: models, styles, limits, workers and queue depth.", stderr, &c)
-	fs.BoolVar(&asJSON, "json", false, "print the answer as JSON (protojson)")
+	fs := newFlagSet("info", "Describe the server: models, styles, limits, workers and queue depth.\nWith several servers, each is asked in turn.", stderr, &c)
+	fs.BoolVar(&asJSON, "json", false, "print the answer as JSON (protojson); with several servers, one object keyed by address")
 	if err := parseFlags(fs, &c, args); err != nil {
 		return err
 	}
-	conn, err := c.connect()
-	if err != nil {
-		return err
+	addrs := c.addrs.addrs
+	if len(addrs) == 1 {
+		info, err := serverInfo(ctx, &c, addrs[0])
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			b, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(info)
+			if err != nil {
+				return localf("encode info: %v", err)
+			}
+			fmt.Fprintf(stdout, "%s\n", b)
+			return nil
+		}
+		printInfo(stdout, info)
+		return nil
 	}
-	defer conn.Close()
-	ctx, cancel := c.callContext(ctx)
-	defer cancel()
 
-	info, err := hourglassv1.NewGenerateServiceClient(conn).GetServerInfo(ctx, &hourglassv1.GetServerInfoRequest{})
-	if err != nil {
-		return err
+	var (
+		failed  []error
+		objects = map[string]json.RawMessage{}
+	)
+	for i, addr := range addrs {
+		info, err := serverInfo(ctx, &c, addr)
+		if err != nil {
+			failed = append(failed, err)
+		}
+		if asJSON {
+			if objects[addr], err = infoJSON(info, err); err != nil {
+				return err
+			}
+			continue
+		}
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		fmt.Fprintf(stdout, "== %s\n", addr)
+		if err != nil {
+			fmt.Fprintf(stdout, "error:    %s\n", failureSummary(err))
+			continue
+		}
+		printInfo(stdout, info)
 	}
 	if asJSON {
-		b, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(info)
+		b, err := json.MarshalIndent(objects, "", "  ")
 		if err != nil {
 			return localf("encode info: %v", err)
 		}
 		fmt.Fprintf(stdout, "%s\n", b)
-		return nil
 	}
-	printInfo(stdout, info)
-	return nil
+	return reportFailures(failed, len(addrs))
+}
+
+// serverInfo asks the server at addr alone, whatever its health.
+func serverInfo(ctx context.Context, c *connFlags, addr string) (*hourglassv1.GetServerInfoResponse, error) {
+	cl, err := c.connect(addr, client.WithoutHealthCheck())
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	ctx, cancel := c.callContext(ctx)
+	defer cancel()
+	return cl.ServerInfo(ctx)
+}
+
+// infoJSON is one server's entry of info --json with several servers: its
+// info, or {"error": {"code": "UNAVAILABLE", "message": "..."}}.
+func infoJSON(info *hourglassv1.GetServerInfoResponse, callErr error) (json.RawMessage, error) {
+	if callErr != nil {
+		st := statusOf(callErr)
+		b, err := json.Marshal(map[string]map[string]string{"error": {"code": codeName(st.Code()), "message": st.Message()}})
+		if err != nil {
+			return nil, localf("encode info: %v", err)
+		}
+		return b, nil
+	}
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(info)
+	if err != nil {
+		return nil, localf("encode info: %v", err)
+	}
+	return b, nil
 }
 
 // printInfo writes info for a person to read.
@@ -125,33 +187,60 @@ func workerState(s hourglassv1.WorkerState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "WORKER_STATE_"))
 }
 
-// runHealth is the health subcommand: the standard grpc.health.v1 Check.
+// runHealth is the health subcommand: the standard grpc.health.v1 Check,
+// on each server in turn.
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		c       connFlags
 		service string
 	)
-	fs := newFlagSet("health", "Check the server's health with grpc.health.v1 and print the status.\nExit 0 when SERVING, 3 when the server answers another status.", stderr, &c)
+	fs := newFlagSet("health", "Check the server's health with grpc.health.v1 and print the status.\nExit 0 when SERVING, 3 when the server answers another status.\nWith several servers, each is checked and printed as ADDR STATUS; the\nfirst that is not SERVING decides the exit status.", stderr, &c)
 	fs.StringVar(&service, "service", "", "service `NAME` to check; empty checks the whole server")
 	if err := parseFlags(fs, &c, args); err != nil {
 		return err
 	}
-	conn, err := c.connect()
-	if err != nil {
-		return err
+	addrs := c.addrs.addrs
+	if len(addrs) == 1 {
+		st, err := checkHealth(ctx, &c, addrs[0], service)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, st)
+		if st != healthpb.HealthCheckResponse_SERVING {
+			return &notServingError{status: st.String()}
+		}
+		return nil
 	}
-	defer conn.Close()
+
+	var failed []error
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, addr := range addrs {
+		st, err := checkHealth(ctx, &c, addr, service)
+		switch {
+		case err != nil:
+			failed = append(failed, err)
+			fmt.Fprintf(tw, "%s\t%s\n", addr, failureSummary(err))
+		case st != healthpb.HealthCheckResponse_SERVING:
+			failed = append(failed, &notServingError{status: st.String()})
+			fallthrough
+		default:
+			fmt.Fprintf(tw, "%s\t%s\n", addr, st)
+		}
+	}
+	tw.Flush()
+	return reportFailures(failed, len(addrs))
+}
+
+// checkHealth asks the server at addr alone. The client's own health
+// checking is off for it: with it, a server that is not SERVING would
+// never be asked, and the answer would be UNAVAILABLE.
+func checkHealth(ctx context.Context, c *connFlags, addr, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	cl, err := c.connect(addr, client.WithoutHealthCheck())
+	if err != nil {
+		return healthpb.HealthCheckResponse_UNKNOWN, err
+	}
+	defer cl.Close()
 	ctx, cancel := c.callContext(ctx)
 	defer cancel()
-
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
-	if err != nil {
-		return err
-	}
-	st := resp.GetStatus()
-	fmt.Fprintln(stdout, st)
-	if st != healthpb.HealthCheckResponse_SERVING {
-		return &notServingError{status: st.String()}
-	}
-	return nil
+	return cl.Health(ctx, service)
 }

@@ -4,6 +4,13 @@
 //
 // Run "hourglass help" for the usage.
 //
+// It is built on the Go SDK (package client): generate sends the job to
+// every --addr given, balanced round-robin over the servers whose health is
+// SERVING, and a job that fails UNAVAILABLE (a server gone or draining, a
+// worker crashed) before its first image runs again with the same seed,
+// on another server when there is one. info and health ask each server in
+// turn.
+//
 // # Exit status
 //
 // The exit status says how a command ended, so scripts can react without
@@ -15,6 +22,7 @@
 //	status  meaning
 //	0       success (health: the service is SERVING)
 //	1       local error: a file could not be written, a connection could not be set up
+//	        (a bad --tls-ca file, say)
 //	2       usage error: unknown subcommand, bad flag or flag value
 //	3       health: the server answered, but the service is not SERVING
 //	11      CANCELLED (also Ctrl-C)
@@ -33,6 +41,10 @@
 //	24      UNAVAILABLE
 //	25      DATA_LOSS
 //	26      UNAUTHENTICATED
+//
+// With several --addr, info and health print every server's answer on
+// stdout, failures included, and exit with the status of the first server
+// that failed (or was not SERVING).
 package main
 
 import (
@@ -67,12 +79,19 @@ Subcommands:
 
 Common flags:
   --addr HOST:PORT    server address; repeatable or comma-separated
-                      (default 127.0.0.1:50051)
+                      (default 127.0.0.1:50051): generate balances over the
+                      servers, info and health ask each
   --timeout DURATION  deadline of the call (default 30s for generate, 10s for
-                      info and health); 0 sends none, so the server's default applies
+                      info and health); 0 uses the client library's 60s
+  --token TOKEN       bearer token (default $HOURGLASS_TOKEN); needs TLS, or
+                      --allow-plaintext-token for loopback or a mesh sidecar
+  --tls               TLS, verifying the server with the system's roots
+  --tls-ca FILE       TLS, verifying the server with these CA certificates
+  --tls-cert FILE     mutual TLS: the client certificate, with --tls-key FILE
 
 Examples:
   hourglass generate --prompt "a lighthouse at dusk" --count 2 -o lighthouse.png
+  hourglass generate --addr gpu1:50051,gpu2:50051 --tls-ca ca.pem --prompt "a fox"
   hourglass info --addr gpu1:50051 --json
   hourglass health --addr gpu1:50051
 

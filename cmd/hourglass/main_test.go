@@ -20,13 +20,17 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/hourglass-dev/hourglass/client"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
 func TestMain(m *testing.M) {
+	// A token in the developer's environment would change every test.
+	os.Unsetenv(tokenEnv)
 	goleak.VerifyTestMain(m)
 }
 
@@ -34,16 +38,32 @@ func TestMain(m *testing.M) {
 // It tests the CLI's client behaviour only, not hourglass itself.
 type fakeServer struct {
 	hourglassv1.UnimplementedGenerateServiceServer
-	// hadDeadline records whether the last call carried a deadline.
+	// hadDeadline records whether the last call carried a deadline, and
+	// remaining how long it had left then.
 	hadDeadline atomic.Bool
+	remaining   atomic.Int64
+	// auth is the authorization metadata of the last call.
+	auth atomic.Value
 	// entered is closed by a "wait" call once it is inside the handler.
 	entered chan struct{}
+	// calls counts GenerateStream calls; crashed is set once a "crash
+	// once" call failed.
+	calls   atomic.Int32
+	crashed atomic.Bool
+	health  *health.Server
 }
 
 func (f *fakeServer) GenerateStream(req *hourglassv1.GenerateRequest, stream grpc.ServerStreamingServer[hourglassv1.GenerateEvent]) error {
 	ctx := stream.Context()
-	_, ok := ctx.Deadline()
+	d, ok := ctx.Deadline()
 	f.hadDeadline.Store(ok)
+	f.remaining.Store(int64(time.Until(d)))
+	auth := ""
+	if v := metadata.ValueFromIncomingContext(ctx, "authorization"); len(v) > 0 {
+		auth = v[0]
+	}
+	f.auth.Store(auth)
+	f.calls.Add(1)
 	switch req.GetPrompt() {
 	case "invalid":
 		st, err := status.New(codes.InvalidArgument, "invalid request").WithDetails(&errdetails.BadRequest{
@@ -53,6 +73,22 @@ func (f *fakeServer) GenerateStream(req *hourglassv1.GenerateRequest, stream grp
 			return err
 		}
 		return st.Err()
+	case "crash once":
+		// Fail mid-job the first time, as a crashed worker does.
+		if !f.crashed.Swap(true) {
+			if err := stream.Send(queued(0)); err != nil {
+				return err
+			}
+			if err := stream.Send(&hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Started_{
+				Started: &hourglassv1.GenerateEvent_Started{WorkerId: "w1", Seed: req.GetSeed()}}}); err != nil {
+				return err
+			}
+			st, err := status.New(codes.Unavailable, "worker crashed").WithDetails(&errdetails.ErrorInfo{Reason: "WORKER_CRASHED", Domain: "hourglass.dev"})
+			if err != nil {
+				return err
+			}
+			return st.Err()
+		}
 	case "wait":
 		// Stay queued until the caller's deadline or cancel ends the call.
 		if err := stream.Send(queued(0)); err != nil {
@@ -127,16 +163,16 @@ func queued(pos uint32) *hourglassv1.GenerateEvent {
 
 // startServer serves a fakeServer and the health service on a loopback port
 // and stops them when the test ends.
-func startServer(t *testing.T) (*fakeServer, string) {
+func startServer(t *testing.T, opts ...grpc.ServerOption) (*fakeServer, string) {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	fake := &fakeServer{entered: make(chan struct{})}
-	s := grpc.NewServer()
-	hourglassv1.RegisterGenerateServiceServer(s, fake)
 	hs := health.NewServer()
+	fake := &fakeServer{entered: make(chan struct{}), health: hs}
+	s := grpc.NewServer(opts...)
+	hourglassv1.RegisterGenerateServiceServer(s, fake)
 	hs.SetServingStatus("hourglass.v1.GenerateService", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus("draining", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(s, hs)
@@ -226,6 +262,8 @@ func TestGenerateManyImagesJSON(t *testing.T) {
 	}
 }
 
+// Without --seed the client library picks the seed, and the files are
+// named after it.
 func TestGenerateNamesBySeed(t *testing.T) {
 	fake, addr := startServer(t)
 	t.Chdir(t.TempDir())
@@ -233,14 +271,23 @@ func TestGenerateNamesBySeed(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr:\n%s", r.code, r.stderr)
 	}
-	if r.stdout != "hourglass-1234.jpg\nhourglass-1235.jpg\n" {
-		t.Errorf("stdout %q", r.stdout)
+	var seed uint64
+	if _, err := fmt.Sscanf(r.stdout, "hourglass-%d.jpg\n", &seed); err != nil {
+		t.Fatalf("stdout %q: %v", r.stdout, err)
 	}
-	if got := dirNames(t, "."); !slices.Equal(got, []string{"hourglass-1234.jpg", "hourglass-1235.jpg"}) {
-		t.Errorf("dir holds %v", got)
+	want := []string{fmt.Sprintf("hourglass-%d.jpg", seed), fmt.Sprintf("hourglass-%d.jpg", seed+1)}
+	if r.stdout != want[0]+"\n"+want[1]+"\n" {
+		t.Errorf("stdout %q, want %q", r.stdout, want)
 	}
-	if fake.hadDeadline.Load() {
-		t.Error("--timeout 0 still sent a deadline")
+	if got := dirNames(t, "."); !slices.Equal(got, want) {
+		t.Errorf("dir holds %v, want %v", got, want)
+	}
+	if !strings.Contains(r.stderr, fmt.Sprintf("started: worker w0, seed %d\n", seed)) {
+		t.Errorf("stderr does not report seed %d:\n%s", seed, r.stderr)
+	}
+	// --timeout 0: the client library's default deadline.
+	if left := time.Duration(fake.remaining.Load()); !fake.hadDeadline.Load() || left > client.DefaultTimeout || left < client.DefaultTimeout-10*time.Second {
+		t.Errorf("--timeout 0 sent a deadline of %v (%v), want the default %v", left, fake.hadDeadline.Load(), client.DefaultTimeout)
 	}
 }
 

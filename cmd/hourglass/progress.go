@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/hourglass-dev/hourglass/client"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 )
 
@@ -20,6 +21,10 @@ type progress interface {
 	// it was not.
 	preview(p *hourglassv1.Preview, path string)
 	done(stats *hourglassv1.GenerateStats)
+	// retrying reports that the job failed with err before its first
+	// image and starts again, as attempt, with the same seed: its events
+	// (queued, started, progress from the first step) follow.
+	retrying(attempt int, err error)
 	// finish ends any partly drawn line; it is safe to call more than once.
 	finish()
 }
@@ -58,6 +63,17 @@ func summary(s *hourglassv1.GenerateStats) string {
 	return fmt.Sprintf("done: %d/%d steps on worker %s, seed %d, queue wait %v, run time %v",
 		s.GetStepsDone(), s.GetStepsTotal(), s.GetWorkerId(), s.GetSeed(),
 		s.GetQueueWait().AsDuration(), s.GetRunTime().AsDuration())
+}
+
+// failureSummary is "UNAVAILABLE: message (REASON)", for a failure the
+// client retries.
+func failureSummary(err error) string {
+	st := statusOf(err)
+	line := codeName(st.Code()) + ": " + st.Message()
+	if r := client.Reason(err); r != "" {
+		line += " (" + r + ")"
+	}
+	return line
 }
 
 // lineProgress writes one line per event, progress only when it crosses a
@@ -113,6 +129,12 @@ func (p *lineProgress) done(s *hourglassv1.GenerateStats) {
 	fmt.Fprintln(p.w, summary(s))
 }
 
+func (p *lineProgress) retrying(attempt int, err error) {
+	fmt.Fprintf(p.w, "retrying: attempt %d, after %s\n", attempt, failureSummary(err))
+	// The new attempt's queue positions and progress start over.
+	p.lastBucket, p.seenQueue = -1, false
+}
+
 func (p *lineProgress) finish() {}
 
 // ttyProgress redraws one status line with a bar; it ends the line before
@@ -154,6 +176,13 @@ func (p *ttyProgress) preview(*hourglassv1.Preview, string) {}
 func (p *ttyProgress) done(s *hourglassv1.GenerateStats) {
 	p.finish()
 	fmt.Fprintln(p.w, summary(s))
+}
+
+// retrying leaves a line behind: a bar that starts over would otherwise
+// look like a glitch.
+func (p *ttyProgress) retrying(attempt int, err error) {
+	p.finish()
+	fmt.Fprintf(p.w, "retrying: attempt %d, after %s\n", attempt, failureSummary(err))
 }
 
 func (p *ttyProgress) finish() {
