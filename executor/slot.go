@@ -412,9 +412,12 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 	case grpccodes.InvalidArgument:
 		return workerIdle, &Error{Kind: KindInvalid, Msg: "worker refused the job: " + st.Message()}
 	case grpccodes.DeadlineExceeded:
-		// The worker stopped at the job's deadline on its own clock, a
-		// moment before ours fired. Its handler has returned: it is idle.
-		return workerIdle, j.deadlineErr()
+		// The job's deadline passed on the worker's clock (or the
+		// transport's) a moment before ours fired. That does not mean the
+		// worker stopped: grpc-go closes a stream at its deadline while
+		// the handler may still run (hang, ignore-cancel). Treat it as a
+		// cancel: wait for idle, else kill.
+		return workerCancel, j.deadlineErr()
 	case grpccodes.Unavailable, grpccodes.Unknown, grpccodes.Canceled:
 		// The connection broke: the process died or is about to. Give it
 		// the grace to be reaped; a live worker that broke its connection
