@@ -10,6 +10,16 @@ STATICCHECK_VERSION    := v0.8.2
 # validate.proto comes from this module in the Go module cache at generate
 # time; it is never committed.
 PROTOVALIDATE_PROTO    := github.com/bufbuild/protovalidate@v1.2.2
+# The Python code is generated with Debian's protoc and grpc_python_plugin
+# (packages protobuf-compiler and protobuf-compiler-grpc, which .ci/run
+# installs); this is the protoc whose output is committed.
+PROTOC                 := /usr/bin/protoc
+PROTOC_VERSION         := libprotoc 3.21.12
+GRPC_PYTHON_PLUGIN     := /usr/bin/grpc_python_plugin
+PY_GEN                 := python/hourglass_worker/_gen
+# The Python worker SDK's tests run with Debian's interpreter, which sees the
+# python3-grpcio, python3-protobuf and python3-numpy packages.
+PYTHON                 ?= /usr/bin/python3
 
 BIN   := $(CURDIR)/.bin
 TOOLS := $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/staticcheck
@@ -17,7 +27,7 @@ export PATH := $(BIN):$(PATH)
 
 GO_TEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build test lint generate check-generated run clean tools demo
+.PHONY: all build test test-python lint generate check-generated python-protoc run clean tools demo
 
 all: build
 
@@ -27,8 +37,20 @@ build:
 
 # The tests start the real binaries; they build them into a temporary
 # directory themselves, so `go test ./...` alone also works.
-test:
+test: test-python
 	go test $(GO_TEST_FLAGS) ./...
+
+# The Python worker SDK and PyTorch worker (python/). Skipped with a note
+# where Debian's python3-grpcio is missing, unless PYTHON_TESTS_REQUIRED=1
+# (as in CI), when that is an error.
+test-python:
+	@if $(PYTHON) -c 'import grpc, google.protobuf, numpy' 2>/dev/null; then \
+	  cd python && $(PYTHON) -m unittest discover -s tests -t . -v; \
+	elif [ "$${PYTHON_TESTS_REQUIRED:-}" = 1 ]; then \
+	  echo "test-python: $(PYTHON) lacks grpc, protobuf or numpy (apt-get install python3-grpcio python3-protobuf python3-numpy)"; exit 1; \
+	else \
+	  echo "test-python: SKIPPED: $(PYTHON) lacks grpc, protobuf or numpy (apt-get install python3-grpcio python3-protobuf python3-numpy)"; \
+	fi
 
 lint: $(TOOLS) .build/protovalidate/buf/validate/validate.proto
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); \
@@ -38,14 +60,26 @@ lint: $(TOOLS) .build/protovalidate/buf/validate/validate.proto
 	buf lint proto
 	buf format --diff --exit-code proto
 
-generate: $(TOOLS) .build/protovalidate/buf/validate/validate.proto
+generate: $(TOOLS) .build/protovalidate/buf/validate/validate.proto python-protoc
 	buf generate
+	@# protoc's Python code imports its packages absolutely ("from
+	@# hourglass.v1 import generate_pb2"); hourglass_worker/proto.py puts
+	@# $(PY_GEN) first on sys.path, and regular packages there win over any
+	@# other "hourglass" or "buf" on the path.
+	find $(PY_GEN) -mindepth 1 -name __pycache__ -prune -o -type d -exec touch {}/__init__.py \;
 
-# Fails when gen/ differs from what `make generate` produces.
+python-protoc:
+	@if [ ! -x $(PROTOC) ] || [ ! -x $(GRPC_PYTHON_PLUGIN) ]; then \
+	  echo "make generate needs Debian's protoc and grpc_python_plugin: apt-get install protobuf-compiler protobuf-compiler-grpc"; exit 1; fi
+	@if [ "$$($(PROTOC) --version)" != "$(PROTOC_VERSION)" ]; then \
+	  echo "make generate: $(PROTOC) is '$$($(PROTOC) --version)'; the committed Python code comes from '$(PROTOC_VERSION)'"; exit 1; fi
+
+# Fails when gen/ or the generated Python differ from what `make generate`
+# produces.
 check-generated: generate
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
-	  echo "gen/ is stale: run 'make generate' and commit the result"; \
-	  git status --porcelain -- gen; exit 1; fi
+	@if [ -n "$$(git status --porcelain -- gen $(PY_GEN))" ]; then \
+	  echo "generated code is stale: run 'make generate' and commit the result"; \
+	  git status --porcelain -- gen $(PY_GEN); exit 1; fi
 
 run: build
 	bin/hourglassd --listen 127.0.0.1:50051 --workers 2
@@ -73,3 +107,12 @@ clean:
 # generation through the CLI, and stops the service.
 demo: build
 	scripts/demo.sh
+
+# Benchmarks (cmd/hourglass-bench): `bench` rewrites BENCHMARKS.md and
+# docs/bench-*.png, a few minutes on 2 cores; `bench-smoke` runs every figure
+# tiny into a temporary directory and fails only if one was not produced.
+.PHONY: bench bench-smoke
+bench: build
+	go run ./cmd/hourglass-bench --bin bin
+bench-smoke: build
+	go run ./cmd/hourglass-bench --smoke --bin bin
