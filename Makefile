@@ -116,3 +116,12 @@ bench: build
 	go run ./cmd/hourglass-bench --bin bin
 bench-smoke: build
 	go run ./cmd/hourglass-bench --smoke --bin bin
+
+# A short run of every fuzz target (issue 8); the seed corpora live in each
+# package's testdata/fuzz. FUZZTIME=5m for a real session.
+FUZZTIME ?= 10s
+.PHONY: fuzz-smoke
+fuzz-smoke:
+	go test -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) ./server
+	go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config
+	go test -run '^$$' -fuzz '^FuzzWorkerEvents$$' -fuzztime $(FUZZTIME) ./executor
