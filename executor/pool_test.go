@@ -484,3 +484,63 @@ func cudaDevices(t *testing.T, pid int) string {
 	}
 	return ""
 }
+
+// A worker that dies while idle (the OOM killer, an operator's kill -9) is
+// noticed and replaced at once, before a job is sent to it; a dead spare
+// is replaced too.
+func TestIdleWorkerDeathIsReplaced(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Spares: 1, Cancellation: true})
+	spare := func() (WorkerStatus, bool) {
+		for _, w := range e.Status().Workers {
+			if w.Spare && w.State == StateReady {
+				return w, true
+			}
+		}
+		return WorkerStatus{}, false
+	}
+	waitFor(t, 10*time.Second, "a ready spare", func() bool { _, ok := spare(); return ok })
+	before := slot0(e)
+	if err := syscall.Kill(before.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the dead idle worker to be replaced", func() bool {
+		w := slot0(e)
+		return w.PID != before.PID && w.State == StateReady && w.Restarts == 1
+	})
+	if _, _, err := run(e, 20*time.Second, testJob("", 64, 4), nil); err != nil {
+		t.Fatalf("Run after the idle worker died = %v; want OK", err)
+	}
+	sp, _ := spare()
+	if sp.PID == 0 {
+		waitFor(t, 10*time.Second, "a new spare", func() bool { _, ok := spare(); return ok })
+		sp, _ = spare()
+	}
+	if err := syscall.Kill(sp.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the dead spare to be replaced", func() bool {
+		s, ok := spare()
+		return ok && s.PID != sp.PID
+	})
+}
+
+// Killing a worker because its job hung is not the worker crash-looping:
+// many hung jobs in a row never hold the slot back, and a spare takes over
+// each time.
+func TestHungJobKillsAreNotACrashLoop(t *testing.T) {
+	e := newPool(t, Config{Workers: 1, Spares: 1, CancelGrace: 100 * time.Millisecond, Cancellation: true,
+		Admission: true, SecondsPerMegapixelStep: 1e-9})
+	for i := range crashLoopDeaths + 2 {
+		waitFor(t, 10*time.Second, "a ready worker", func() bool { return slot0(e).State == StateReady })
+		if _, _, err := run(e, 150*time.Millisecond, testJob("hang", 64, 10), nil); KindOf(err) != KindDeadline {
+			t.Fatalf("hung job %d: Run = %v; want deadline", i+1, err)
+		}
+		waitFor(t, 10*time.Second, "the hung worker to be replaced", func() bool {
+			w := slot0(e)
+			return w.Restarts == uint32(i+1) && w.State != StateCancelling
+		})
+		if w := slot0(e); w.State == StateBackoff {
+			t.Fatalf("after %d hung jobs slot w0 is in backoff; hung-job kills must not count as crashes", i+1)
+		}
+	}
+}

@@ -482,7 +482,13 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	e.metrics.respawns.Add(context.Background(), 1)
 	s.w = nil
 	s.restarts++
-	s.deaths = append(s.deaths, now)
+	// Only deaths of the worker's own making count toward the crash loop.
+	// A worker killed because its job hung or went silent is a casualty of
+	// that job: holding the slot back would punish everyone for one bad
+	// request, and the per-tenant limits are what answer repeated ones.
+	if why == killCrashed || why == killIdleDeath {
+		s.deaths = append(s.deaths, now)
+	}
 	deaths := s.recentDeaths(now)
 	e.wg.Add(1)
 	go func() {
@@ -513,6 +519,34 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	e.wg.Add(1)
 	go e.restartSlot(s, delay)
 	return false
+}
+
+// watch replaces a worker that dies while no job runs on it: a ready
+// slot's worker or a spare. (A busy worker's death is seen by its job.)
+// Without it, a worker killed while idle (the OOM killer, an operator)
+// would stay listed as ready and fail the next job.
+func (e *Executor) watch(w *workerProc) {
+	defer e.wg.Done()
+	<-w.proc.exited
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return
+	}
+	if i := slices.Index(e.spares, w); i >= 0 {
+		e.spares = slices.Delete(e.spares, i, i+1)
+		e.log.Warn("spare worker died", "process", w.name, "pid", w.proc.pid, "exit", fmt.Sprint(w.proc.waitErr))
+		w.release()
+		e.refillSparesLocked()
+		return
+	}
+	for _, s := range e.slots {
+		if s.w == w && s.state == StateReady {
+			e.log.Warn("idle worker died", "worker", s.id, "pid", w.proc.pid, "exit", fmt.Sprint(w.proc.waitErr))
+			e.replaceLocked(s, w, killIdleDeath)
+			return
+		}
+	}
 }
 
 // restartSlot waits delay, then starts a new worker for s, backing off while

@@ -20,6 +20,7 @@ const (
 	killHeartbeat   = "heartbeat"    // silent past the heartbeat
 	killCrashed     = "crashed"      // died by itself (the kill reaps it)
 	killBusy        = "stuck_busy"   // still busy with an earlier job
+	killIdleDeath   = "died_idle"    // died while no job ran (reaped, replaced)
 )
 
 // instruments are the executor's metrics. Gauges (queue depth, workers by

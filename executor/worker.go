@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,6 +92,14 @@ func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 		}
 		return nil, fmt.Errorf("worker %s: not serving within %v: %w", name, e.cfg.WorkerStart, err)
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		w.kill()
+		return nil, errors.New("executor closed while a worker started")
+	}
+	e.wg.Add(1)
+	go e.watch(w)
 	e.log.Info("worker process ready", "process", name, "pid", p.pid, "device", w.desc.GetDevice(), "gpu", gpu)
 	return w, nil
 }
