@@ -49,9 +49,20 @@ func (e *estimator) estimate(model string, mps float64) time.Duration {
 	return e.overhead + time.Duration(rate*mps*float64(time.Second))
 }
 
+// minLearnMPS is the smallest job the rate learns from: below it (about a
+// 512×512 image at 2 steps) a job's time is mostly overhead and noise, and
+// dividing a few milliseconds of jitter by a tiny cost swings the rate by
+// orders of magnitude.
+const minLearnMPS = 0.5
+
+// maxSampleRatio bounds one sample against the current rate, so that one
+// job slowed by a busy machine (or sped up by a warm cache) moves the
+// estimate, but cannot make it refuse or admit everything at once.
+const maxSampleRatio = 4
+
 // observe learns from a job that ran to completion.
 func (e *estimator) observe(model string, mps float64, took time.Duration) {
-	if mps <= 0 {
+	if mps < minLearnMPS {
 		return
 	}
 	e.mu.Lock()
@@ -59,9 +70,13 @@ func (e *estimator) observe(model string, mps float64, took time.Duration) {
 	sample := max(0, (took-e.overhead).Seconds()) / mps
 	rate, ok := e.rates[model]
 	if !ok {
+		rate = e.base
+	}
+	if rate <= 0 {
 		e.rates[model] = sample
 		return
 	}
+	sample = min(max(sample, rate/maxSampleRatio), rate*maxSampleRatio)
 	e.rates[model] = rate + ewmaWeight*(sample-rate)
 }
 

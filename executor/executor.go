@@ -492,21 +492,21 @@ func (j *job) finish(res *Result, err error) {
 	close(j.done)
 }
 
-// deadlineSlack: a cancellation this close to the deadline is the deadline.
+// DeadlineSlack: a cancellation this close to the deadline is the deadline.
 // The server's deadline is the caller's timeout counted from the request's
 // arrival, so it falls the request's delay after the caller's own (on a
 // loaded machine, tens of milliseconds: scheduling, not the network); the
 // caller's cancellation, sent at its deadline, can arrive before ours. A
 // caller that really cancels this late is told the deadline passed, which
 // changes nothing for it.
-const deadlineSlack = 100 * time.Millisecond
+const DeadlineSlack = 100 * time.Millisecond
 
 // abandoned is the outcome of a job whose context ended first. The deadline
 // is judged by the clock, not by ctx.Err(): when a caller's deadline passes,
 // grpc-go usually ends the server context with Canceled (the caller's
 // RST_STREAM wins the race), yet the caller's deadline is what happened.
 func (j *job) abandoned() error {
-	if !time.Now().Before(j.deadline.Add(-deadlineSlack)) {
+	if !time.Now().Before(j.deadline.Add(-DeadlineSlack)) {
 		return j.deadlineErr()
 	}
 	done, total := j.stepsDone.Load(), j.stepsTotal

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -155,8 +157,24 @@ func (s *generateService) GenerateStream(req *hourglassv1.GenerateRequest, strea
 	if err != nil {
 		return err
 	}
-	return stream.Send(&hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Done_{
-		Done: &hourglassv1.GenerateEvent_Done{Stats: statsOf(job, res)}}})
+	if err := stream.Send(&hourglassv1.GenerateEvent{Event: &hourglassv1.GenerateEvent_Done_{
+		Done: &hourglassv1.GenerateEvent_Done{Stats: statsOf(job, res)}}}); err != nil {
+		return sendFailed(ctx, err)
+	}
+	return nil
+}
+
+// sendFailed is the status of a stream whose last event could not be sent:
+// the caller stopped reading and the deadline ended the call (judged by the
+// clock, as the executor does), or the caller went away.
+func sendFailed(ctx context.Context, err error) error {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) < executor.DeadlineSlack {
+		return status.Error(codes.DeadlineExceeded, "deadline passed before the caller read the results")
+	}
+	if ctx.Err() != nil {
+		return status.Error(codes.Canceled, "the caller went away before reading the results")
+	}
+	return err
 }
 
 func (s *generateService) GetServerInfo(ctx context.Context, _ *hourglassv1.GetServerInfoRequest) (*hourglassv1.GetServerInfoResponse, error) {
