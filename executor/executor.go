@@ -220,6 +220,9 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 			if err == nil {
 				e.mu.Lock()
 				s.w, s.state = w, StateReady
+				if !w.proc.alive() { // died before watch could see it ready
+					err = fmt.Errorf("worker %s exited right after it started serving: %v", w.name, w.proc.waitErr)
+				}
 				e.mu.Unlock()
 			}
 			errs <- err

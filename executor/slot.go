@@ -282,10 +282,8 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 		return
 	}
 	if out == workerIdle {
-		s.state = StateReady
 		s.jobsDone++
-		e.dispatchLocked()
-		e.changedLocked()
+		e.readyLocked(s)
 		return
 	}
 	span.AddEvent("worker killed", trace.WithAttributes(attribute.String("reason", reason)))
@@ -478,8 +476,7 @@ func (e *Executor) waitIdle(w *workerProc) bool {
 // It reports whether a hot spare took over at once.
 func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	now := time.Now()
-	e.metrics.kills.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", why)))
-	e.metrics.respawns.Add(context.Background(), 1)
+	e.countReplacement(why)
 	s.w = nil
 	s.restarts++
 	// Only deaths of the worker's own making count toward the crash loop.
@@ -521,6 +518,26 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	return false
 }
 
+// countReplacement counts a worker killed (or found dead) and replaced.
+func (e *Executor) countReplacement(why string) {
+	e.metrics.kills.Add(context.Background(), 1, metric.WithAttributes(attribute.String("reason", why)))
+	e.metrics.respawns.Add(context.Background(), 1)
+}
+
+// readyLocked makes s (with its worker s.w) take jobs. A worker that died
+// while busy, cancelling or not yet placed was not seen by watch (which
+// acts only on ready workers and spares): it is replaced instead.
+func (e *Executor) readyLocked(s *slot) {
+	if !s.w.proc.alive() {
+		e.log.Warn("worker died before it was ready again", "worker", s.id, "pid", s.w.proc.pid)
+		e.replaceLocked(s, s.w, killIdleDeath)
+		return
+	}
+	s.state = StateReady
+	e.dispatchLocked()
+	e.changedLocked()
+}
+
 // watch replaces a worker that dies while no job runs on it: a ready
 // slot's worker or a spare. (A busy worker's death is seen by its job.)
 // Without it, a worker killed while idle (the OOM killer, an operator)
@@ -536,6 +553,7 @@ func (e *Executor) watch(w *workerProc) {
 	if i := slices.Index(e.spares, w); i >= 0 {
 		e.spares = slices.Delete(e.spares, i, i+1)
 		e.log.Warn("spare worker died", "process", w.name, "pid", w.proc.pid, "exit", fmt.Sprint(w.proc.waitErr))
+		e.countReplacement(killIdleDeath)
 		w.release()
 		e.refillSparesLocked()
 		return
@@ -568,9 +586,8 @@ func (e *Executor) restartSlot(s *slot, delay time.Duration) {
 			return
 		}
 		if err == nil {
-			s.w, s.state = w, StateReady
-			e.dispatchLocked()
-			e.changedLocked()
+			s.w = w
+			e.readyLocked(s)
 			e.mu.Unlock()
 			return
 		}
@@ -643,7 +660,15 @@ func (e *Executor) startSpare(gpu string) {
 		}
 		if err == nil {
 			e.spareStartedLocked(gpu)
-			e.spares = append(e.spares, w)
+			if w.proc.alive() {
+				e.spares = append(e.spares, w)
+			} else {
+				// Died between serving and here, unseen by watch (it
+				// was not a spare yet): start another.
+				e.countReplacement(killIdleDeath)
+				w.release()
+				e.refillSparesLocked()
+			}
 			e.mu.Unlock()
 			return
 		}
