@@ -61,7 +61,7 @@ func pyWorkerCommand(t *testing.T) []string {
 		}
 		t.Skip(msg)
 	}
-	launcher, err := filepath.Abs("../python/bin/hourglass-torch-worker")
+	launcher, err := filepath.Abs("../python/launch/hourglass-torch-worker")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -256,7 +256,7 @@ cfg = os.path.join(WORK, "hourglass.yaml")
 with open(cfg, "w") as f:
     f.write("listen: 127.0.0.1:%d\n" % port)
     f.write("workers:\n  count: 2\n  spares: 0\n  command: %s\n" % json.dumps(
-        [PY, os.path.join(ROOT, "python", "bin", "hourglass-torch-worker"), "--unsafe-fault-injection"]
+        [PY, os.path.join(ROOT, "python", "launch", "hourglass-torch-worker"), "--unsafe-fault-injection"]
         + (["--backend", "numpy"] if DRY else ["--device", "cuda"])))
     f.write("timeouts:\n  worker_start: 180s\n  cancel_grace: 1s\n  heartbeat: 60s\n  default: 60s\n")
     # Admission would refuse the deliberately hopeless jobs of steps 4 and 5

@@ -1,6 +1,6 @@
 """hourglass_torch: a PyTorch worker for hourglass.
 
-``python -m hourglass_torch --socket PATH`` (or python/bin/hourglass-torch-worker)
+``python -m hourglass_torch --socket PATH`` (or python/launch/hourglass-torch-worker)
 serves a synthetic diffusion workload that behaves like a real pipeline on the
 GPU (see workload.py), falling back to torch on the CPU, or numpy, where there
 is no GPU or no PyTorch. ``hourglass_torch.diffusers_adapter`` serves a real

@@ -18,8 +18,8 @@ import grpc
 
 from hourglass_worker.proto import worker_pb2, worker_pb2_grpc
 
-TORCH_LAUNCHER = os.path.join(PYTHON_DIR, "bin", "hourglass-torch-worker")
-EXAMPLE_LAUNCHER = os.path.join(PYTHON_DIR, "bin", "hourglass-python-worker")
+TORCH_LAUNCHER = os.path.join(PYTHON_DIR, "launch", "hourglass-torch-worker")
+EXAMPLE_LAUNCHER = os.path.join(PYTHON_DIR, "launch", "hourglass-python-worker")
 
 
 class WorkerProcess:
