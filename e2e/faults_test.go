@@ -537,23 +537,8 @@ func TestKillDaemonKillsWorkers(t *testing.T) {
 		}
 	}
 
-	d.killed = true
-	if err := d.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-d.exited:
-	case <-time.After(10 * time.Second):
-		t.Fatal("hourglassd did not exit after SIGKILL")
-	}
-	waitFor(t, time.Second, fmt.Sprintf("worker pids %v dead after kill -9 of hourglassd", pids), func() bool {
-		for _, pid := range pids {
-			if !processDead(pid) {
-				return false
-			}
-		}
-		return true
-	})
+	d.kill9(t)
+	waitAllDead(t, time.Second, "after kill -9 of hourglassd, worker pids", pids)
 	select {
 	case err := <-done:
 		if status.Code(err) != codes.Unavailable {

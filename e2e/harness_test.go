@@ -247,3 +247,33 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		<-tick.C
 	}
 }
+
+// kill9 SIGKILLs hourglassd, as a crash or an OOM kill would, and waits for
+// it to exit. The harness's own no-orphan check is skipped for it: callers
+// check what kill -9 promises (workers dead, maybe not yet reaped) with
+// waitAllDead.
+func (d *daemon) kill9(t *testing.T) {
+	t.Helper()
+	d.killed = true
+	if err := d.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("hourglassd did not exit after SIGKILL")
+	}
+}
+
+// waitAllDead waits until every pid is gone or a zombie.
+func waitAllDead(t *testing.T, within time.Duration, what string, pids []int) {
+	t.Helper()
+	waitFor(t, within, fmt.Sprintf("%s %v dead", what, pids), func() bool {
+		for _, pid := range pids {
+			if !processDead(pid) {
+				return false
+			}
+		}
+		return true
+	})
+}

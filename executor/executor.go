@@ -331,8 +331,9 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, o
 	admission.End()
 	_, j.queueSpan = e.tracer.Start(ctx, "hourglass.queue")
 	e.queue.push(j)
-	e.dispatchLocked()
-	e.postPositionsLocked() // j's own, and those it overtook
+	if !e.dispatchLocked() {
+		e.postPositionsLocked() // j's own, and those of the jobs it overtook
+	}
 	e.mu.Unlock()
 
 	for {

@@ -163,14 +163,22 @@ func (e *Executor) idleSlotLocked() *slot {
 	return nil
 }
 
-// dispatchLocked hands queued jobs to idle slots in queue order.
-func (e *Executor) dispatchLocked() {
+// dispatchLocked hands queued jobs to idle slots in queue order, then
+// tells the streaming callers still waiting their new positions, once. It
+// reports whether it dispatched anything.
+func (e *Executor) dispatchLocked() (dispatched bool) {
+	defer func() {
+		if dispatched {
+			e.postPositionsLocked()
+		}
+	}()
 	for e.queue.Len() > 0 && !e.closed {
 		s := e.idleSlotLocked()
 		if s == nil {
-			return
+			return dispatched
 		}
 		j := e.queue.pop()
+		dispatched = true
 		if e.cfg.Cancellation && j.ctx.Err() != nil {
 			j.endQueueSpan("caller gone")
 			continue // its Run is answering already; don't touch a worker
@@ -181,8 +189,8 @@ func (e *Executor) dispatchLocked() {
 		j.endQueueSpan("dispatched to " + s.id)
 		e.wg.Add(1)
 		go e.runJob(s, s.w, j)
-		e.postPositionsLocked()
 	}
+	return dispatched
 }
 
 // postPositionsLocked tells streaming callers their new queue positions.

@@ -9,12 +9,12 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"go.opentelemetry.io/otel/propagation"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
+	"github.com/hourglass-dev/hourglass/internal/telemetry"
 )
 
 // maxWorkerMessage bounds one worker→executor message: a 2048×2048 PNG
@@ -60,7 +60,7 @@ func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
 			otelgrpc.WithTracerProvider(e.tracerProvider()),
 			otelgrpc.WithMeterProvider(e.meterProvider()),
-			otelgrpc.WithPropagators(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})),
+			otelgrpc.WithPropagators(telemetry.Propagator()),
 		)),
 		// The socket appears a few milliseconds after the process starts;
 		// grpc-go's default 1 s first backoff would make every start slow.
