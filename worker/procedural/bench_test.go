@@ -68,3 +68,17 @@ func BenchmarkGenerate512(b *testing.B) {
 	}
 	b.ReportMetric(float64(out.bytes), "png-bytes")
 }
+
+// BenchmarkGenerateTrivial is the overhead benchmark's job (64×64, one
+// step): everything here is fixed cost per job, not per step.
+func BenchmarkGenerateTrivial(b *testing.B) {
+	job := testJob()
+	job.Width, job.Height, job.Steps = 64, 64, 1
+	out := &discard{}
+	for b.Loop() {
+		if err := New().Generate(b.Context(), job, out); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(out.bytes), "png-bytes")
+}

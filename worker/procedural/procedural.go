@@ -28,11 +28,10 @@ import (
 	"fmt"
 	"image"
 	"image/jpeg"
-	"image/png"
 	"math/rand/v2"
 	"runtime/debug"
-	"slices"
 	"sync"
+	"slices"
 
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
@@ -89,7 +88,8 @@ func (*Sampler) Generate(ctx context.Context, job *workerv1.Job, out worker.Emit
 		if err != nil {
 			return err
 		}
-		data, mime, err := encode(pix, p.w, p.h, job.GetOutputFormat())
+		data, mime, err := encode(*pix, p.w, p.h, job.GetOutputFormat())
+		putFloats(pix)
 		if err != nil {
 			return fmt.Errorf("procedural: encode image %d: %w", i, err)
 		}
@@ -170,31 +170,55 @@ func newParams(job *workerv1.Job) (*params, error) {
 }
 
 // sample runs the denoising loop for one image and returns its pixels
-// (w×h×3, 0..1). afterStep is called after every step with the step (from
-// 1) and the current latent, which it must not keep or modify; its error
-// stops the loop at once.
-func (p *params) sample(ctx context.Context, seed uint64, afterStep func(step uint32, x []float32) error) ([]float32, error) {
+// (w×h×3, 0..1), which live in a buffer from floatBuffers: the caller puts
+// it back once done with them. afterStep is called after every step with the
+// step (from 1) and the current latent, which it must not keep or modify;
+// its error stops the loop at once.
+func (p *params) sample(ctx context.Context, seed uint64, afterStep func(step uint32, x []float32) error) (*[]float32, error) {
 	n := p.w * p.h * 3
-	target := make([]float32, n)
+	targetBuf := getFloats(n)
+	defer putFloats(targetBuf)
+	target := *targetBuf
 	if err := p.scene.render(ctx, target, p.w, p.h, seed); err != nil {
 		return nil, err
 	}
 
-	x := make([]float32, n)
+	xBuf := getFloats(n)
+	x := *xBuf
 	initLatent(x, rand.NewPCG(seed, streamInit))
 	rng := rand.NewPCG(seed, streamSteps)
 	for t := range p.steps {
 		alpha, sigma := schedule(t, p.steps)
 		denoiseStep(x, target, p.w, alpha, sigma, rng)
 		if err := afterStep(t+1, x); err != nil {
+			putFloats(xBuf)
 			return nil, err
 		}
 		if err := ctx.Err(); err != nil {
+			putFloats(xBuf)
 			return nil, err
 		}
 	}
-	return x, nil
+	return xBuf, nil
 }
+
+// floatBuffers recycles the sampler's float32 planes (the target, the
+// latent, the blur's scratch) across jobs. For a small job, allocating and
+// zeroing them, and collecting them afterwards, costs as much as the
+// sampling; every user overwrites the whole plane, so none needs zeroing.
+var floatBuffers sync.Pool
+
+// getFloats returns a buffer of n floats with unspecified contents.
+func getFloats(n int) *[]float32 {
+	if b, ok := floatBuffers.Get().(*[]float32); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]float32, n)
+	return &b
+}
+
+func putFloats(b *[]float32) { floatBuffers.Put(b) }
 
 // schedule gives step t's pull toward the target and its fresh noise. The
 // pull grows to 2/3 at the last step and the noise falls to zero, so that
@@ -258,6 +282,13 @@ func denoiseStep(x, target []float32, w int, alpha, sigma float32, rng *rand.PCG
 
 // encode quantises pix to 8 bits and encodes it as PNG or JPEG.
 func encode(pix []float32, w, h int, format hourglassv1.OutputFormat) (data []byte, mime string, err error) {
+	var buf bytes.Buffer
+	if format != hourglassv1.OutputFormat_OUTPUT_FORMAT_JPEG {
+		if err := encodePNG(&buf, pix, w, h); err != nil {
+			return nil, "", err
+		}
+		return buf.Bytes(), "image/png", nil
+	}
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	for i, j := 0, 0; i < len(pix); i, j = i+3, j+4 {
 		img.Pix[j] = quantise(pix[i])
@@ -265,34 +296,11 @@ func encode(pix []float32, w, h int, format hourglassv1.OutputFormat) (data []by
 		img.Pix[j+2] = quantise(pix[i+2])
 		img.Pix[j+3] = 0xff
 	}
-	var buf bytes.Buffer
-	if format == hourglassv1.OutputFormat_OUTPUT_FORMAT_JPEG {
-		if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: jpegQuality}); err != nil {
-			return nil, "", err
-		}
-		return buf.Bytes(), "image/jpeg", nil
-	}
-	if err := pngEncoder.Encode(&buf, img); err != nil {
+	if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: jpegQuality}); err != nil {
 		return nil, "", err
 	}
-	return buf.Bytes(), "image/png", nil
+	return buf.Bytes(), "image/jpeg", nil
 }
-
-// pngEncoder is shared by every job. BestSpeed: the job's time budget is
-// better spent on steps than on squeezing a few percent out of the PNG. The
-// buffer pool reuses the encoder's ~1 MB of compressor state, which
-// otherwise dominates the cost of a small image (and the GC behind it).
-var pngEncoder = png.Encoder{CompressionLevel: png.BestSpeed, BufferPool: &pngBuffers{}}
-
-// pngBuffers is a png.EncoderBufferPool over a sync.Pool.
-type pngBuffers struct{ pool sync.Pool }
-
-func (p *pngBuffers) Get() *png.EncoderBuffer {
-	b, _ := p.pool.Get().(*png.EncoderBuffer)
-	return b
-}
-
-func (p *pngBuffers) Put(b *png.EncoderBuffer) { p.pool.Put(b) }
 
 func quantise(v float32) uint8 {
 	return uint8(clamp01(v)*255 + 0.5)

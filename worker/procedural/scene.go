@@ -402,16 +402,18 @@ func applyContrast(img []float32, k float32) {
 // unsharp adds amount × (img − blur(img)), with a 3×3 box blur, which
 // emphasises edges the way Fooocus's sharpness does.
 func unsharp(img []float32, w, h int, amount float32) {
-	blur := boxBlur3(img, w, h)
+	tmp, blur := getFloats(len(img)), getFloats(len(img))
+	defer putFloats(tmp)
+	defer putFloats(blur)
+	boxBlur3(*blur, img, *tmp, w, h)
 	for i, v := range img {
-		img[i] = v + (v-blur[i])*amount
+		img[i] = v + (v-(*blur)[i])*amount
 	}
 }
 
-// boxBlur3 returns a 3×3 box blur of img, clamping at the edges.
-func boxBlur3(img []float32, w, h int) []float32 {
-	tmp := make([]float32, len(img))
-	out := make([]float32, len(img))
+// boxBlur3 writes into out a 3×3 box blur of img, clamping at the edges;
+// tmp is scratch of the same size.
+func boxBlur3(out, img, tmp []float32, w, h int) {
 	for y := range h {
 		row := y * w * 3
 		for x := range w {
@@ -427,5 +429,4 @@ func boxBlur3(img []float32, w, h int) []float32 {
 			out[y*w*3+i] = (tmp[yu*w*3+i] + tmp[y*w*3+i] + tmp[yd*w*3+i]) / 3
 		}
 	}
-	return out
 }
