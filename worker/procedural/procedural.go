@@ -30,8 +30,8 @@ import (
 	"image/jpeg"
 	"math/rand/v2"
 	"runtime/debug"
-	"sync"
 	"slices"
+	"sync"
 
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
