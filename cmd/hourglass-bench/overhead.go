@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"image/color"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -308,20 +309,21 @@ func (h *harness) plotOverhead(png string, rows []overheadRow, sweepCounts []int
 		{"hourglassd p50", func(r *overheadRow) float64 { return r.hg.p50() }, colHourglass, false},
 		{"hourglassd p99", func(r *overheadRow) float64 { return r.hg.p99() }, colHourglass, true},
 	}
-	var top float64
+	top, bottom := 0.0, math.Inf(1)
 	for i, se := range series {
 		var xys plotter.XYs
 		for j := range rows {
 			v := se.get(&rows[j])
 			xys = append(xys, plotter.XY{X: float64(rows[j].conc), Y: v})
-			top = max(top, v)
+			top, bottom = max(top, v), min(bottom, v)
 		}
 		if err := line(p2, se.name, xys, se.col, se.dashed, i); err != nil {
 			return err
 		}
 	}
 	p2.X.Min, p2.X.Max = 0.8, 80
-	p2.Y.Max = top * 12 // room for the legend
+	p2.Y.Min = bottom * 0.6 // the smallest marker clear of the axis
+	p2.Y.Max = top * 12     // room for the legend
 
 	var sweepX []string
 	var sweepY []float64
