@@ -355,15 +355,17 @@ func TestAbuseCatalog(t *testing.T) {
 			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer junk-token-auth-is-off")
 			return abuseCall(ctx, d.conn, method, abuseRequest())
 		}, want: codes.OK},
-		// A metadata flood within grpc-go's default header list limit
-		// (16 MiB): 10,000 headers, about 1.3 MB. Accepted and ignored.
-		{name: "10,000 metadata headers (1.3 MB)", call: func(ctx context.Context, method string) error {
-			kv := make([]string, 0, 20000)
-			for i := range 10000 {
-				kv = append(kv, fmt.Sprintf("x-flood-%05d", i), strings.Repeat("v", 100))
-			}
-			return abuseCall(metadata.AppendToOutgoingContext(ctx, kv...), d.conn, method, abuseRequest())
+		// Metadata within limits.max_metadata_bytes (64 KiB): 300
+		// headers, about 40 KB as HTTP/2 counts them. Accepted and ignored.
+		{name: "300 metadata headers (40 KB, within the limit)", call: func(ctx context.Context, method string) error {
+			return abuseCall(metadata.AppendToOutgoingContext(ctx, abuseMetadata(300)...), d.conn, method, abuseRequest())
 		}, want: codes.OK},
+		// Beyond it: 1,000 headers, about 130 KB. hourglassd advertises its
+		// limit in SETTINGS, so a grpc-go client refuses to send the call at
+		// all; the hand-made client below shows the server's own refusal.
+		{name: "1,000 metadata headers (130 KB, over the limit)", call: func(ctx context.Context, method string) error {
+			return abuseCall(metadata.AppendToOutgoingContext(ctx, abuseMetadata(1000)...), d.conn, method, abuseRequest())
+		}, want: codes.Internal, msg: "header list size to send violates the maximum size (65536 bytes) set by server"},
 		// A method that does not exist.
 		{name: "unknown method", only: "Generate", call: func(ctx context.Context, _ string) error {
 			return abuseRawCall(ctx, d.conn, "/hourglass.v1.GenerateService/Nope", valid)
@@ -538,8 +540,9 @@ func TestAbuseCatalog(t *testing.T) {
 	t.Run("transport refusals", func(t *testing.T) {
 		// grpc-go's HTTP/2 transport refuses these before any handler or
 		// interceptor runs, with the status the gRPC protocol spec gives
-		// protocol errors. They are the catalog's only INTERNAL answers;
-		// hourglass cannot change them (and need not).
+		// protocol errors. With the grpc-go client's own refusal to send
+		// metadata over the server's limit, they are the catalog's only
+		// INTERNAL answers; hourglass cannot change them (and need not).
 		frame := abuseGRPCFrame(valid)
 		refusals := []struct {
 			name string
@@ -571,20 +574,29 @@ func TestAbuseCatalog(t *testing.T) {
 			}
 		}
 
-		// A header list beyond grpc-go's default limit (16 MiB): the
-		// server's HTTP/2 framer stops decoding and closes the connection
-		// (x/net/http2 answers a header block that exceeds the limit by
-		// more than a frame with a connection error). No status: the
-		// connection is gone.
-		res := abuseH2Call(t, d.addr, abuseH2Request{path: abuseFullMethod("Generate"), body: valid, flood: 17 << 20})
-		t.Logf("17 MiB of metadata: %s", res)
-		got := "connection closed"
-		if !res.closed {
-			got = res.String()
-		}
-		table.add("17 MiB of metadata (grpc-go transport)", "Generate", "connection closed", got)
-		if res.grpcStatus != "" || !(res.closed || res.goAway != nil || res.rst != nil) {
-			t.Errorf("17 MiB of metadata = %s; want the connection closed without a status", res)
+		// Metadata over limits.max_metadata_bytes (100 KiB against 64 KiB)
+		// from a client that ignores the SETTINGS advertising the limit,
+		// and far beyond it (17 MiB, past grpc-go's own default too). The
+		// server's HTTP/2 framer stops decoding a header block once it is
+		// over the limit and answers any further CONTINUATION frame with a
+		// connection error (x/net/http2: it will not parse headers it
+		// would discard; only an overage inside the block's last frame
+		// would get a RST_STREAM instead). No handler runs and there is no
+		// status: the connection is gone.
+		for _, flood := range []struct {
+			name  string
+			bytes int
+		}{{"100 KiB of metadata", 100 << 10}, {"17 MiB of metadata", 17 << 20}} {
+			res := abuseH2Call(t, d.addr, abuseH2Request{path: abuseFullMethod("Generate"), body: valid, flood: flood.bytes})
+			t.Logf("%s: %s", flood.name, res)
+			got := "connection closed"
+			if !res.closed {
+				got = res.String()
+			}
+			table.add(flood.name+" (grpc-go transport)", "Generate", "connection closed", got)
+			if res.grpcStatus != "" || !(res.closed || res.goAway != nil) {
+				t.Errorf("%s = %s; want the connection closed without a status", flood.name, res)
+			}
 		}
 	})
 
@@ -964,6 +976,17 @@ func abuseH2Call(t *testing.T, addr string, req abuseH2Request) abuseH2Result {
 	defer c.close()
 	c.send(t, 1, req)
 	return c.result(t, 1, 30*time.Second)
+}
+
+// abuseMetadata is n metadata entries of about 130 bytes each as HTTP/2
+// counts them (a 13-byte name, a 90-byte value, 32 bytes of overhead), in
+// metadata.AppendToOutgoingContext's key, value, … form.
+func abuseMetadata(n int) []string {
+	kv := make([]string, 0, 2*n)
+	for i := range n {
+		kv = append(kv, fmt.Sprintf("x-flood-%05d", i), strings.Repeat("v", 90))
+	}
+	return kv
 }
 
 // abuseH2Event is a frame as the reader goroutine saw it, copied (the

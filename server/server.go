@@ -128,6 +128,8 @@ func New(opts Options) (*Server, error) {
 	gs := grpc.NewServer(append([]grpc.ServerOption{
 		// Undecodable requests become INVALID_ARGUMENT (see codec.go).
 		grpc.ForceServerCodecV2(newLenientCodec()),
+		// Bounded metadata: see config.Limits.MaxMetadataBytes.
+		grpc.MaxHeaderListSize(uint32(opts.Config.Limits.MaxMetadataBytes)),
 		// Job calls' transport streams end at the capped deadline too.
 		grpc.InTapHandle(deadlines.tap),
 		// The stats handler runs before every interceptor: each call has

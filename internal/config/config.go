@@ -135,7 +135,23 @@ type Limits struct {
 	// MaxCostPixelSteps is the ceiling of width × height × steps ×
 	// image_count for one request, so one request cannot ask for hours.
 	MaxCostPixelSteps uint64 `yaml:"max_cost_pixel_steps"`
+	// MaxMetadataBytes bounds the request metadata (HTTP/2 header list, as
+	// HTTP/2 counts it: name + value + 32 bytes per entry) hourglassd
+	// accepts on one call. A queued call holds its metadata until it ends,
+	// so grpc-go's default of 16 MiB would let a few hundred queued calls
+	// pin gigabytes. Larger lists never reach hourglass: grpc-go clients
+	// refuse to send them (INTERNAL "header list size to send violates the
+	// maximum size … set by server"), and other clients get RST_STREAM.
+	MaxMetadataBytes int `yaml:"max_metadata_bytes"`
 }
+
+// Bounds of limits.max_metadata_bytes: below the lower one, ordinary
+// metadata (authorization, traceparent, baggage, grpc-go's own headers)
+// might not fit; the upper one is grpc-go's default.
+const (
+	MinMetadataBytes = 8 << 10
+	MaxMetadataBytes = 16 << 20
+)
 
 // Admission configures deadline-aware admission: a job that cannot finish
 // before its deadline is refused at once instead of occupying a worker.
@@ -177,7 +193,9 @@ func Default() Config {
 		Queue: Queue{Max: 256},
 		// 2048×2048 at 150 steps, or 1024×1024 × 30 steps × 32 images,
 		// both fit; anything larger is refused at once.
-		Limits:       Limits{MaxCostPixelSteps: 1 << 30},
+		// 64 KiB of metadata: Envoy's default limit is 60 KiB, so
+		// anything that crossed a proxy fits.
+		Limits:       Limits{MaxCostPixelSteps: 1 << 30, MaxMetadataBytes: 64 << 10},
 		Admission:    Admission{Enabled: true},
 		Cancellation: Cancellation{Enabled: true},
 	}
@@ -271,6 +289,8 @@ func (c Config) Validate() error {
 		return invalid("queue.max", "%d must not be negative", c.Queue.Max)
 	case c.Limits.MaxCostPixelSteps == 0:
 		return invalid("limits.max_cost_pixel_steps", "must be positive")
+	case c.Limits.MaxMetadataBytes < MinMetadataBytes || c.Limits.MaxMetadataBytes > MaxMetadataBytes:
+		return invalid("limits.max_metadata_bytes", "%d is outside %d..%d", c.Limits.MaxMetadataBytes, MinMetadataBytes, MaxMetadataBytes)
 	case !finiteNonNegative(c.Admission.SecondsPerMegapixelStep):
 		return invalid("admission.seconds_per_megapixel_step", "%v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
 	case c.Admission.Overhead < 0:

@@ -131,6 +131,11 @@ func TestValidate(t *testing.T) {
 		{name: "metrics on", change: func(c *Config) { c.Metrics.Listen = "0.0.0.0:9090" }},
 		{name: "empty listen, as a flag may set it", change: func(c *Config) { c.Listen = "" }, wantErr: "listen"},
 		{name: "workers over the range", change: func(c *Config) { c.Workers.Count = 257 }, wantErr: "workers.count"},
+		{name: "metadata limit at its floor", change: func(c *Config) { c.Limits.MaxMetadataBytes = MinMetadataBytes }},
+		{name: "metadata limit at grpc-go's default", change: func(c *Config) { c.Limits.MaxMetadataBytes = MaxMetadataBytes }},
+		{name: "metadata limit unset", change: func(c *Config) { c.Limits.MaxMetadataBytes = 0 }, wantErr: "limits.max_metadata_bytes"},
+		{name: "metadata limit too small", change: func(c *Config) { c.Limits.MaxMetadataBytes = MinMetadataBytes - 1 }, wantErr: "limits.max_metadata_bytes"},
+		{name: "metadata limit over grpc-go's default", change: func(c *Config) { c.Limits.MaxMetadataBytes = MaxMetadataBytes + 1 }, wantErr: "limits.max_metadata_bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

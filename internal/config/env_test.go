@@ -22,6 +22,8 @@ func TestLoadEnv(t *testing.T) {
 		{name: "int", environ: []string{"HOURGLASS_WORKERS_COUNT=7"}, change: func(c *Config) { c.Workers.Count = 7 }},
 		{name: "uint64", environ: []string{"HOURGLASS_LIMITS_MAX_COST_PIXEL_STEPS=12345678901"},
 			change: func(c *Config) { c.Limits.MaxCostPixelSteps = 12345678901 }},
+		{name: "int in limits", environ: []string{"HOURGLASS_LIMITS_MAX_METADATA_BYTES=131072"},
+			change: func(c *Config) { c.Limits.MaxMetadataBytes = 128 << 10 }},
 		{name: "float", environ: []string{"HOURGLASS_ADMISSION_SECONDS_PER_MEGAPIXEL_STEP=0.05"},
 			change: func(c *Config) { c.Admission.SecondsPerMegapixelStep = 0.05 }},
 		{name: "bool", environ: []string{"HOURGLASS_ADMISSION_ENABLED=false", "HOURGLASS_CANCELLATION_ENABLED=0"},

@@ -19,7 +19,7 @@ func everything() Config {
 			Heartbeat: time.Hour, WorkerStart: 90 * time.Second, Drain: 1,
 		},
 		Queue:        Queue{Max: 0},
-		Limits:       Limits{MaxCostPixelSteps: 1<<64 - 1},
+		Limits:       Limits{MaxCostPixelSteps: 1<<64 - 1, MaxMetadataBytes: 1 << 20},
 		Admission:    Admission{Enabled: false, SecondsPerMegapixelStep: 0.0123456789, Overhead: 20 * time.Millisecond},
 		Cancellation: Cancellation{Enabled: false},
 		Auth:         Auth{TokensFile: "/etc/hourglass/tokens: v2"},
