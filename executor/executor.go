@@ -297,7 +297,6 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, o
 		stepsTotal: spec.GetSteps() * spec.GetImageCount(),
 		estimate:   e.Estimate(spec),
 		enqueued:   time.Now(),
-		index:      -1,
 		position:   -1,
 		streaming:  onEvent != nil,
 		done:       make(chan struct{}),
@@ -417,7 +416,7 @@ type job struct {
 	stepsTotal uint32
 	estimate   time.Duration // predicted run time on an idle worker
 	enqueued   time.Time
-	index      int    // position in its tenant's queue heap, -1 when not queued
+	queued     bool   // in the queue (under the executor's lock)
 	seq        uint64 // arrival order, breaks deadline ties
 	streaming  bool   // the caller wants events (queue position updates)
 	queueSpan  trace.Span

@@ -1,15 +1,11 @@
 package executor
 
-import (
-	"container/heap"
-	"slices"
-	"time"
-)
+import "time"
 
 // jobQueue holds the jobs waiting for a worker. Tenants share the workers
 // fairly, and within a tenant the earliest deadline goes first:
 //
-//   - Each tenant with waiting jobs has its own heap, ordered by deadline
+//   - Each tenant with waiting jobs has its own queue, ordered by deadline
 //     (the job with the least slack first, which lets the most jobs finish in
 //     time), ties in arrival order.
 //   - pop serves the tenant that has been served the least estimated worker
@@ -19,8 +15,9 @@ import (
 //
 // With one tenant this is plain earliest-deadline-first. In fifo mode (the
 // naive pool the benchmarks compare with) there is one queue in arrival order.
-// Each job knows its heap index, so that a job leaving early (deadline,
-// cancel) is removed in O(log n).
+// Each tenant's jobs are a jobTree, so push, pop, removing a job that leaves
+// early (deadline, cancel) and admission's estimate of the work ahead of a
+// job all take O(log n) in the tenant's jobs, plus a term per tenant.
 type jobQueue struct {
 	fifo    bool
 	tenants map[string]*tenantQueue // only tenants with waiting jobs
@@ -39,9 +36,15 @@ type jobQueue struct {
 
 // tenantQueue is one tenant's waiting jobs.
 type tenantQueue struct {
-	items  []*job
+	jobTree
 	fifo   bool
 	served time.Duration // estimated worker time dispatched, in virtual time
+}
+
+func newTenantQueue(fifo bool, served time.Duration) *tenantQueue {
+	t := &tenantQueue{fifo: fifo, served: served}
+	t.jobTree.before = t.before
+	return t
 }
 
 func (q *jobQueue) Len() int { return q.n }
@@ -61,11 +64,12 @@ func (q *jobQueue) push(j *job) {
 	j.seq = q.seq
 	t := q.tenants[q.key(j)]
 	if t == nil {
-		t = &tenantQueue{fifo: q.fifo, served: max(q.vtime, q.served[q.key(j)])}
+		t = newTenantQueue(q.fifo, max(q.vtime, q.served[q.key(j)]))
 		delete(q.served, q.key(j))
 		q.tenants[q.key(j)] = t
 	}
-	heap.Push(t, j)
+	t.insert(j)
+	j.queued = true
 	q.count(j, 1)
 }
 
@@ -83,11 +87,12 @@ func (q *jobQueue) pop() *job {
 	var bestKey string
 	for k, t := range q.tenants {
 		if best == nil || t.served < best.served ||
-			(t.served == best.served && t.before(t.items[0], best.items[0])) {
+			(t.served == best.served && t.before(t.first(), best.first())) {
 			best, bestKey = t, k
 		}
 	}
-	j := heap.Pop(best).(*job)
+	j := best.popFirst()
+	j.queued = false
 	q.vtime = best.served
 	// At least a millisecond, so that jobs with no estimate yet still
 	// take turns.
@@ -120,10 +125,10 @@ func (q *jobQueue) remember(key string, served time.Duration) {
 // remove takes j out of the queue; it reports false when j was not queued.
 func (q *jobQueue) remove(j *job) bool {
 	t := q.tenants[q.key(j)]
-	if t == nil || j.index < 0 || j.index >= len(t.items) || t.items[j.index] != j {
+	if t == nil || !j.queued || !t.remove(j) {
 		return false
 	}
-	heap.Remove(t, j.index)
+	j.queued = false
 	q.count(j, -1)
 	if t.Len() == 0 {
 		delete(q.tenants, q.key(j))
@@ -142,13 +147,8 @@ func (q *jobQueue) ahead(j *job) (count int, work time.Duration) {
 	ownServed, ownHead := q.vtime, j
 	k := 0
 	if own != nil {
-		ownServed, ownHead = own.served, own.items[0]
-		for _, o := range own.items {
-			if o != j && own.before(o, j) {
-				k++
-				work += o.estimate
-			}
-		}
+		ownServed, ownHead = own.served, own.first()
+		k, work = own.rank(j)
 	}
 	count = k
 	for key, t := range q.tenants {
@@ -165,58 +165,30 @@ func (q *jobQueue) ahead(j *job) (count int, work time.Duration) {
 // turnsBefore is how many of t's jobs run before the job of rank k in a
 // tenant whose served time and head job are given.
 func (t *tenantQueue) turnsBefore(served time.Duration, head *job, k int) int {
-	first := t.served < served || (t.served == served && t.before(t.items[0], head))
+	first := t.served < served || (t.served == served && t.before(t.first(), head))
 	if first {
-		return min(len(t.items), k+1)
+		return min(t.Len(), k+1)
 	}
-	return min(len(t.items), k)
+	return min(t.Len(), k)
 }
 
 // positions computes ahead(j).count for every waiting job at once, in
-// O(n log n + n·tenants), for queue position updates after each dispatch.
+// O(n·tenants), for queue position updates after each dispatch.
 func (q *jobQueue) positions() map[*job]int {
 	pos := make(map[*job]int, q.n)
 	for key, own := range q.tenants {
-		sorted := own.sorted()
-		for k, j := range sorted {
+		head := own.first()
+		own.each(func(k int, j *job) {
 			n := k
 			for other, t := range q.tenants {
 				if other != key {
-					n += t.turnsBefore(own.served, sorted[0], k)
+					n += t.turnsBefore(own.served, head, k)
 				}
 			}
 			pos[j] = n
-		}
+		})
 	}
 	return pos
-}
-
-// sorted returns the tenant's jobs in the order they will run.
-func (t *tenantQueue) sorted() []*job {
-	out := slices.Clone(t.items)
-	slices.SortFunc(out, func(a, b *job) int {
-		if t.before(a, b) {
-			return -1
-		}
-		return 1
-	})
-	return out
-}
-
-// firstWork is the estimated work of the tenant's m next jobs.
-func (t *tenantQueue) firstWork(m int) time.Duration {
-	if m >= len(t.items) {
-		var sum time.Duration
-		for _, o := range t.items {
-			sum += o.estimate
-		}
-		return sum
-	}
-	var sum time.Duration
-	for _, o := range t.sorted()[:m] {
-		sum += o.estimate
-	}
-	return sum
 }
 
 // before reports whether a runs before b within one tenant.
@@ -225,26 +197,4 @@ func (t *tenantQueue) before(a, b *job) bool {
 		return a.deadline.Before(b.deadline)
 	}
 	return a.seq < b.seq
-}
-
-// heap.Interface, for container/heap only.
-func (t *tenantQueue) Len() int           { return len(t.items) }
-func (t *tenantQueue) Less(i, j int) bool { return t.before(t.items[i], t.items[j]) }
-func (t *tenantQueue) Swap(i, j int) {
-	t.items[i], t.items[j] = t.items[j], t.items[i]
-	t.items[i].index = i
-	t.items[j].index = j
-}
-func (t *tenantQueue) Push(x any) {
-	j := x.(*job)
-	j.index = len(t.items)
-	t.items = append(t.items, j)
-}
-func (t *tenantQueue) Pop() any {
-	n := len(t.items) - 1
-	j := t.items[n]
-	t.items[n] = nil
-	t.items = t.items[:n]
-	j.index = -1
-	return j
 }

@@ -25,7 +25,7 @@ func TestQueueEarliestDeadlineFirst(t *testing.T) {
 			var q jobQueue
 			jobs := make([]*job, len(tt.deadlines))
 			for i, d := range tt.deadlines {
-				jobs[i] = &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1}
+				jobs[i] = &job{deadline: base.Add(time.Duration(d) * time.Second)}
 				q.push(jobs[i])
 			}
 			for _, r := range tt.remove {
@@ -44,8 +44,8 @@ func TestQueueEarliestDeadlineFirst(t *testing.T) {
 						got = append(got, i)
 					}
 				}
-				if j.index != -1 {
-					t.Fatalf("popped job index = %d; want -1", j.index)
+				if j.queued {
+					t.Fatal("popped job still marked queued")
 				}
 			}
 			if len(got) != len(tt.want) {
@@ -79,7 +79,7 @@ func TestQueueAhead(t *testing.T) {
 			q := jobQueue{fifo: tt.fifo}
 			var jobs []*job
 			for i, d := range tt.deadlines {
-				j := &job{deadline: base.Add(time.Duration(d) * time.Second), index: -1, tenant: tt.tenants[i : i+1], estimate: time.Second}
+				j := &job{deadline: base.Add(time.Duration(d) * time.Second), tenant: tt.tenants[i : i+1], estimate: time.Second}
 				q.push(j)
 				jobs = append(jobs, j)
 			}
@@ -103,10 +103,10 @@ func TestQueueFairShare(t *testing.T) {
 	base := time.Unix(1_700_000_000, 0)
 	var q jobQueue
 	for i := range 10 {
-		q.push(&job{tenant: "flood", deadline: base.Add(time.Duration(i) * time.Second), estimate: time.Second, index: -1})
+		q.push(&job{tenant: "flood", deadline: base.Add(time.Duration(i) * time.Second), estimate: time.Second})
 	}
 	for i := range 3 {
-		q.push(&job{tenant: "quiet", deadline: base.Add(time.Hour + time.Duration(i)*time.Second), estimate: time.Second, index: -1})
+		q.push(&job{tenant: "quiet", deadline: base.Add(time.Hour + time.Duration(i)*time.Second), estimate: time.Second})
 	}
 	var got string
 	for q.Len() > 0 {
@@ -117,9 +117,9 @@ func TestQueueFairShare(t *testing.T) {
 	}
 	// A tenant that was idle starts at the current virtual time: it cannot
 	// bank credit and then take every worker.
-	q.push(&job{tenant: "late", deadline: base, estimate: time.Second, index: -1})
-	q.push(&job{tenant: "flood", deadline: base, estimate: time.Second, index: -1})
-	q.push(&job{tenant: "late", deadline: base, estimate: time.Second, index: -1})
+	q.push(&job{tenant: "late", deadline: base, estimate: time.Second})
+	q.push(&job{tenant: "flood", deadline: base, estimate: time.Second})
+	q.push(&job{tenant: "late", deadline: base, estimate: time.Second})
 	first, second := q.pop().tenant, q.pop().tenant
 	if first == second {
 		t.Fatalf("after idling, pops = %s, %s; want the tenants to alternate", first, second)
@@ -146,15 +146,15 @@ func TestRestartBackoff(t *testing.T) {
 func TestQueueRemembersServedTime(t *testing.T) {
 	base := time.Unix(1_700_000_000, 0)
 	var q jobQueue
-	q.push(&job{tenant: "alice", deadline: base, estimate: time.Second, index: -1})
+	q.push(&job{tenant: "alice", deadline: base, estimate: time.Second})
 	if got := q.pop().tenant; got != "alice" {
 		t.Fatalf("first pop = %s; want alice", got)
 	}
 	// alice's job runs; she queues two more, then bob arrives with a later
 	// deadline. bob has been served nothing: he goes next.
-	q.push(&job{tenant: "alice", deadline: base.Add(time.Second), estimate: time.Second, index: -1})
-	q.push(&job{tenant: "alice", deadline: base.Add(2 * time.Second), estimate: time.Second, index: -1})
-	q.push(&job{tenant: "bob", deadline: base.Add(time.Hour), estimate: time.Second, index: -1})
+	q.push(&job{tenant: "alice", deadline: base.Add(time.Second), estimate: time.Second})
+	q.push(&job{tenant: "alice", deadline: base.Add(2 * time.Second), estimate: time.Second})
+	q.push(&job{tenant: "bob", deadline: base.Add(time.Hour), estimate: time.Second})
 	var got string
 	for q.Len() > 0 {
 		got += q.pop().tenant[:1]

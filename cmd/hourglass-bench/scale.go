@@ -286,9 +286,10 @@ func (h *harness) figScale(s *section) error {
 		growth(func(r scaleRow) float64 { return quantile(r.admit, 0.5) }),
 		growth(func(r scaleRow) float64 { return quantile(r.deq, 0.5) }),
 		growth(func(r scaleRow) float64 { return r.heapPerJob + r.stackPer }))
-	b.WriteString("**What limits these numbers:** the heap operations are O(log n), but admission estimates the job's queue wait by summing the estimated work of every waiting job of the same tenant that runs before it, " +
-		"an O(n) scan under the executor's lock, so the admission decision grows linearly with the queue and dominates at 10,000. " +
-		"Removal is O(log n) plus waking the caller's goroutine; at small depths all three are dominated by goroutine scheduling on 2 shared cores. " +
+	b.WriteString("**What limits these numbers:** each tenant's waiting jobs are a balanced search tree in run order whose nodes also count their subtree's jobs and estimated work (`executor/jobtree.go`), " +
+		"so enqueue, dequeue, removal and admission's estimate of the work queued ahead of a job are all O(log n) under the executor's lock, plus a term per tenant " +
+		"(with one tenant, as here, none). At these depths the logarithm is small next to the fixed costs: goroutine scheduling on 2 shared cores, waking the caller's goroutine on removal, the queue span. " +
+		"(Before the tree, admission summed the work ahead in an O(n) walk: 120 µs at 10,000 jobs, 60–90× its value at 100.) " +
 		"Memory per job is flat: mostly the waiting goroutine's stack and the job's span.\n")
 	s.body = b.String()
 	s.summary = fmt.Sprintf("at %d waiting jobs: admission p50 %s (%s its value at %d), Run → queued p50 %s, cancel → left the queue p50 %s, %s per waiting job (heap + stack)",
