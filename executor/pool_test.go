@@ -85,9 +85,12 @@ func TestHotSpareTakesOver(t *testing.T) {
 	if _, _, err := run(e, 20*time.Second, testJob("crash", 64, 4), nil); KindOf(err) != KindWorkerCrashed {
 		t.Fatalf("Run(crash) = %v; want worker_crashed", err)
 	}
-	if w := slot0(e); w.PID != spare.PID || w.State != StateReady {
-		t.Fatalf("after the crash slot w0 = %+v; want the spare (pid %d), ready", w, spare.PID)
-	}
+	// The spare takes the slot once the dead worker is reaped, a moment
+	// after the caller heard WORKER_CRASHED.
+	waitFor(t, 5*time.Second, "the spare to take slot w0", func() bool {
+		w := slot0(e)
+		return w.PID == spare.PID && w.State == StateReady
+	})
 	waitFor(t, 10*time.Second, "a new spare", func() bool {
 		for _, w := range e.Status().Workers {
 			if w.Spare && w.State == StateReady && w.PID != spare.PID {
@@ -262,8 +265,11 @@ func TestAdmission(t *testing.T) {
 		if KindOf(err) != KindTooLate || !asError(err, &je) || je.Estimate < 30*time.Second {
 			t.Fatalf("Run(31s job, 2s deadline) = %v; want too_late with the estimate", err)
 		}
-		if took > 50*time.Millisecond {
-			t.Errorf("refusal took %v; want under 50ms", took)
+		// "At once", not at the deadline: a quarter of it leaves a noisy
+		// machine room while still telling the two apart (typically ~1 ms;
+		// BENCHMARKS.md measures it).
+		if took > 500*time.Millisecond {
+			t.Errorf("refusal took %v; want well before the 2s deadline", took)
 		}
 		if w := slot0(e); w.JobsDone != 0 || w.State != StateReady {
 			t.Errorf("after the refusal w0 = %+v; want untouched", w)
