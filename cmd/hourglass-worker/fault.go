@@ -20,6 +20,7 @@ import (
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 	"github.com/hourglass-dev/hourglass/worker"
+	"google.golang.org/protobuf/proto"
 )
 
 // faults is a parsed Job.fault: a comma-separated list such as
@@ -37,6 +38,14 @@ type faults struct {
 	oom bool
 	// slow: extra time per step, still cancellable unless ignoreCancel.
 	slow time.Duration
+	// replay: answer a job whose parameters this worker has seen before
+	// by replaying the first such job's progress events and images,
+	// without sampling. It isolates what a job costs outside its compute
+	// (executor, two gRPC hops, worker process) with the same bytes on the
+	// wire: the overhead benchmark's "no compute" series. The first job of
+	// each kind runs for real and is recorded (previews are not); other
+	// faults in the same list apply to that run only.
+	replay bool
 }
 
 func parseFaults(s string) (faults, error) {
@@ -53,6 +62,8 @@ func parseFaults(s string) (faults, error) {
 			f.crash = true
 		case item == "oom":
 			f.oom = true
+		case item == "replay":
+			f.replay = true
 		case name == "slow" && hasArg:
 			d, err := time.ParseDuration(arg)
 			if err != nil || d <= 0 {
@@ -60,7 +71,7 @@ func parseFaults(s string) (faults, error) {
 			}
 			f.slow = d
 		default:
-			return faults{}, fmt.Errorf("unknown fault %q; known: hang, ignore-cancel, crash, oom, slow=DURATION", item)
+			return faults{}, fmt.Errorf("unknown fault %q; known: hang, ignore-cancel, crash, oom, slow=DURATION, replay", item)
 		}
 	}
 	return f, nil
@@ -77,6 +88,24 @@ type faultGenerator struct {
 	hang func()
 
 	warnOnce sync.Once
+
+	mu         sync.Mutex
+	recordings map[string]*recording // replay: by job parameters
+}
+
+// maxRecordings bounds the replay fault's memory: jobs of other kinds
+// beyond it simply run.
+const maxRecordings = 16
+
+// recording is what a job emitted, in order, for the replay fault.
+type recording struct {
+	events []recordedEvent
+}
+
+type recordedEvent struct {
+	progress                   bool
+	step, totalSteps, imageIdx uint32
+	image                      *hourglassv1.Image
 }
 
 func newFaultGenerator(inner worker.Generator, enabled bool, log *slog.Logger) *faultGenerator {
@@ -93,7 +122,7 @@ func newFaultGenerator(inner worker.Generator, enabled bool, log *slog.Logger) *
 
 func (g *faultGenerator) Describe() worker.Description { return g.inner.Describe() }
 
-func (g *faultGenerator) Generate(ctx context.Context, job *workerv1.Job, out worker.Emitter) error {
+func (g *faultGenerator) Generate(ctx context.Context, job *workerv1.Job, out worker.Emitter) (err error) {
 	if job.GetFault() == "" {
 		return g.inner.Generate(ctx, job, out)
 	}
@@ -108,6 +137,25 @@ func (g *faultGenerator) Generate(ctx context.Context, job *workerv1.Job, out wo
 		return &worker.InvalidJobError{Field: "fault", Reason: err.Error()}
 	}
 	g.log.Warn("injecting test fault", "job_id", job.GetId(), "fault", job.GetFault())
+
+	if f.replay {
+		key := replayKey(job)
+		g.mu.Lock()
+		rec := g.recordings[key]
+		g.mu.Unlock()
+		if rec != nil {
+			return rec.replay(ctx, out)
+		}
+		rec = &recording{}
+		out = &recordingEmitter{out: out, rec: rec}
+		// Kept only if the job completes: a cancelled run's events are
+		// not the job's answer.
+		defer func() {
+			if err == nil {
+				g.keep(key, rec)
+			}
+		}()
+	}
 
 	fe := &faultEmitter{ctx: ctx, out: out, faults: f, gen: g}
 	innerCtx := ctx
@@ -192,4 +240,60 @@ func (e *faultEmitter) wait(d time.Duration) error {
 	case <-done:
 		return e.ctx.Err()
 	}
+}
+
+// keep stores a completed job's recording, up to maxRecordings.
+func (g *faultGenerator) keep(key string, rec *recording) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.recordings == nil {
+		g.recordings = map[string]*recording{}
+	}
+	if len(g.recordings) < maxRecordings {
+		g.recordings[key] = rec
+	}
+}
+
+// replayKey identifies a job's output: every field the generator reads,
+// none of the per-call ones (id, deadline, fault).
+func replayKey(job *workerv1.Job) string {
+	k := proto.Clone(job).(*workerv1.Job)
+	k.Id, k.Deadline, k.Fault = "", nil, ""
+	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(k) // a valid message always marshals
+	return string(b)
+}
+
+// recordingEmitter passes events on and keeps the progress and images.
+type recordingEmitter struct {
+	out worker.Emitter
+	rec *recording
+}
+
+func (r *recordingEmitter) Progress(step, totalSteps, imageIndex uint32) error {
+	r.rec.events = append(r.rec.events, recordedEvent{progress: true, step: step, totalSteps: totalSteps, imageIdx: imageIndex})
+	return r.out.Progress(step, totalSteps, imageIndex)
+}
+
+func (r *recordingEmitter) Image(img *hourglassv1.Image) error {
+	r.rec.events = append(r.rec.events, recordedEvent{image: img})
+	return r.out.Image(img)
+}
+
+func (r *recordingEmitter) Preview(p *hourglassv1.Preview) error { return r.out.Preview(p) }
+
+// replay sends the recorded events; like a real generator it stops at the
+// first error (a cancelled call).
+func (r *recording) replay(ctx context.Context, out worker.Emitter) error {
+	for _, ev := range r.events {
+		var err error
+		if ev.progress {
+			err = out.Progress(ev.step, ev.totalSteps, ev.imageIdx)
+		} else {
+			err = out.Image(ev.image)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }

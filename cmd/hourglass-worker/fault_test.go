@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +14,7 @@ import (
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 	"github.com/hourglass-dev/hourglass/worker"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 func TestParseFaults(t *testing.T) {
@@ -24,6 +27,7 @@ func TestParseFaults(t *testing.T) {
 		{in: "ignore-cancel", want: faults{ignoreCancel: true}},
 		{in: "crash", want: faults{crash: true}},
 		{in: "oom", want: faults{oom: true}},
+		{in: "replay", want: faults{replay: true}},
 		{in: "slow=200ms", want: faults{slow: 200 * time.Millisecond}},
 		{in: "slow=50ms, ignore-cancel", want: faults{slow: 50 * time.Millisecond, ignoreCancel: true}},
 		{in: "slow", wantErr: true},
@@ -203,4 +207,70 @@ func (generatorFunc) Describe() worker.Description { return worker.Description{}
 
 func (f generatorFunc) Generate(ctx context.Context, job *workerv1.Job, out worker.Emitter) error {
 	return f(ctx, job, out)
+}
+
+// eventLog is an Emitter that records what it is sent.
+type eventLog struct{ events []string }
+
+func (l *eventLog) Progress(step, total, index uint32) error {
+	l.events = append(l.events, fmt.Sprintf("progress %d/%d image %d", step, total, index))
+	return nil
+}
+
+func (l *eventLog) Image(img *hourglassv1.Image) error {
+	l.events = append(l.events, fmt.Sprintf("image %d %q", img.GetIndex(), img.GetData()))
+	return nil
+}
+
+func (l *eventLog) Preview(*hourglassv1.Preview) error { return nil }
+
+// The replay fault runs a job once, then answers the same job (other id,
+// deadline) with the recorded events without calling the generator; a job
+// with other parameters, or one whose first run failed, runs for real.
+func TestReplayFault(t *testing.T) {
+	runs := 0
+	failNext := false
+	inner := generatorFunc(func(ctx context.Context, job *workerv1.Job, out worker.Emitter) error {
+		runs++
+		for step := uint32(1); step <= job.GetSteps(); step++ {
+			if err := out.Progress(step, job.GetSteps(), 0); err != nil {
+				return err
+			}
+		}
+		if failNext {
+			failNext = false
+			return context.Canceled
+		}
+		return out.Image(&hourglassv1.Image{Data: []byte(fmt.Sprintf("seed %d run %d", job.GetSeed(), runs))})
+	})
+	g := newFaultGenerator(inner, true, slog.New(slog.DiscardHandler))
+	generate := func(id string, seed uint64) ([]string, error) {
+		var out eventLog
+		job := &workerv1.Job{Id: id, Steps: 2, Seed: seed, Fault: "replay", Deadline: timestamppb.New(time.Now().Add(time.Minute))}
+		err := g.Generate(t.Context(), job, &out)
+		return out.events, err
+	}
+
+	first, err := generate("a", 1)
+	if err != nil || runs != 1 {
+		t.Fatalf("first job: %v after %d runs; want it run once", err, runs)
+	}
+	again, err := generate("b", 1)
+	if err != nil || runs != 1 {
+		t.Fatalf("same job again: %v after %d runs; want it replayed, not run", err, runs)
+	}
+	if !slices.Equal(first, again) {
+		t.Fatalf("replayed events %q; want the first run's %q", again, first)
+	}
+	if _, err := generate("c", 2); err != nil || runs != 2 {
+		t.Fatalf("other seed: %v after %d runs; want a real run", err, runs)
+	}
+
+	failNext = true
+	if _, err := generate("d", 3); !errors.Is(err, context.Canceled) || runs != 3 {
+		t.Fatalf("failing first run: %v after %d runs; want context.Canceled from a real run", err, runs)
+	}
+	if _, err := generate("e", 3); err != nil || runs != 4 {
+		t.Fatalf("after a failed first run: %v after %d runs; want it run again, not replayed", err, runs)
+	}
 }
