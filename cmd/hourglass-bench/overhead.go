@@ -262,13 +262,14 @@ func (h *harness) figOverhead(s *section) error {
 		"On top of the relay, hourglassd does per call: the interceptor chain (tracing, recovery, logging, drain, auth, validation, tenant limits, deadline), one JSON log line in the server and two in the worker, " +
 		"three spans, the executor's queue and admission, a server-streaming worker call (progress event, image, trailers) instead of one unary answer, " +
 		"and the job itself: rendering the prompt's scene, one sampling step and a PNG encode of a 64×64 image, which the baselines skip. " +
-		"Sixteen worker processes also each carry a Go runtime (scheduler, GC) on two CPUs, and each job wakes one of them, where the relay's backend serves every call on one connection and batches its reads and writes. " +
-		"The job-replayed series separates the two: the job's compute is the smaller part; most of the gap to the relay is the machinery around it, which is what keeps the deadline, cancellation and tracing promises.\n")
+		"Sixteen worker processes also each carry a Go runtime (scheduler, GC) on two CPUs, and each job wakes one of them, where the relay's backend serves every call on one connection and batches its reads and writes. ")
+	last := rows[len(rows)-1]
+	fmt.Fprintf(&b, "The job-replayed series separates the two: at concurrency %d the job's compute is %.0f%% of hourglassd's CPU per call, the machinery around it — what keeps the deadline, cancellation and tracing promises — the other %.0f%%.\n",
+		last.conc, 100*(last.hg.cpuTotal()-last.replay.cpuTotal())/last.hg.cpuTotal(), 100*last.replay.cpuTotal()/last.hg.cpuTotal())
 	s.body = b.String()
 
 	var thr, p50 []string
 	worst := 1e9
-	last := rows[len(rows)-1]
 	for _, r := range rows {
 		thr = append(thr, fmtRatio(r.hg.thr()/r.echo.thr()))
 		p50 = append(p50, fmtRatio(r.hg.p50()/r.echo.p50()))
