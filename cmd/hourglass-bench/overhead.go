@@ -260,7 +260,7 @@ func (h *harness) figOverhead(s *section) error {
 	b.WriteString("**What limits these numbers.** The client, the servers and every worker share the same CPUs, so at concurrency 16 and 64 throughput is CPU-bound and the ratio is a ratio of CPU cost per call; at concurrency 1 it is latency-bound (loopback round trips and process wake-ups, one more of each per hop). " +
 		"Two bare hops already cost about twice one (the relay column), so 0.5× of echo is the ceiling of the two-hop design, not a margin above it. " +
 		"On top of the relay, hourglassd does per call: the interceptor chain (tracing, recovery, logging, drain, auth, validation, tenant limits, deadline), one JSON log line in the server and two in the worker, " +
-		"three spans, the executor's queue and admission, a server-streaming worker call (progress event, image, trailers) instead of one unary answer, " +
+		"five spans (server, admission, queue, execute, worker call) and two in the worker, the executor's queue and admission, a server-streaming worker call (progress event, image, trailers) instead of one unary answer, " +
 		"and the job itself: rendering the prompt's scene, one sampling step and a PNG encode of a 64×64 image, which the baselines skip. " +
 		"Sixteen worker processes also each carry a Go runtime (scheduler, GC) on two CPUs, and each job wakes one of them, where the relay's backend serves every call on one connection and batches its reads and writes. ")
 	last := rows[len(rows)-1]
