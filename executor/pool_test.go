@@ -446,10 +446,19 @@ func TestGPUAssignment(t *testing.T) {
 	if _, _, err := run(e, 20*time.Second, job, nil); KindOf(err) != KindWorkerCrashed {
 		t.Fatalf("Run(crash) on w1 = %v; want worker_crashed", err)
 	}
-	for _, w := range e.Status().Workers {
-		if w.ID == "w1" && (w.PID == w1.PID || cudaDevices(t, w.PID) != "1") {
-			t.Errorf("after the crash w1 = %+v with CUDA_VISIBLE_DEVICES=%q; want a new GPU 1 process", w, cudaDevices(t, w.PID))
+	// The replacement moves in once the dead process is reaped, a moment
+	// after the caller heard WORKER_CRASHED.
+	var after WorkerStatus
+	waitFor(t, 5*time.Second, "a new process in slot w1", func() bool {
+		for _, w := range e.Status().Workers {
+			if w.ID == "w1" {
+				after = w
+			}
 		}
+		return after.PID != w1.PID && after.State == StateReady
+	})
+	if got := cudaDevices(t, after.PID); got != "1" {
+		t.Errorf("after the crash w1 = %+v with CUDA_VISIBLE_DEVICES=%q; want a GPU 1 process", after, got)
 	}
 }
 
