@@ -81,11 +81,7 @@ func TestPNGSizeNearAdaptive(t *testing.T) {
 	if err := encodePNG(&ours, pix, 512, 512); err != nil {
 		t.Fatal(err)
 	}
-	img := image.NewRGBA(image.Rect(0, 0, 512, 512))
-	for i, j := 0, 0; i < len(pix); i, j = i+3, j+4 {
-		img.Pix[j], img.Pix[j+1], img.Pix[j+2], img.Pix[j+3] = quantise(pix[i]), quantise(pix[i+1]), quantise(pix[i+2]), 0xff
-	}
-	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&std, img); err != nil {
+	if err := (&png.Encoder{CompressionLevel: png.BestSpeed}).Encode(&std, toRGBA(pix, 512, 512)); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("512×512: %d bytes here, %d with image/png's adaptive filters (%.3f×)", ours.Len(), std.Len(), float64(ours.Len())/float64(std.Len()))
@@ -117,11 +113,7 @@ func BenchmarkEncodePNG64(b *testing.B) {
 func BenchmarkEncodeImagePNG64(b *testing.B) {
 	enc := png.Encoder{CompressionLevel: png.BestSpeed, BufferPool: &stdPNGBuffers{}}
 	benchmarkEncode(b, 64, func(buf *bytes.Buffer, pix []float32) error {
-		img := image.NewRGBA(image.Rect(0, 0, 64, 64))
-		for i, j := 0, 0; i < len(pix); i, j = i+3, j+4 {
-			img.Pix[j], img.Pix[j+1], img.Pix[j+2], img.Pix[j+3] = quantise(pix[i]), quantise(pix[i+1]), quantise(pix[i+2]), 0xff
-		}
-		return enc.Encode(buf, img)
+		return enc.Encode(buf, toRGBA(pix, 64, 64))
 	})
 }
 

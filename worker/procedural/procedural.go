@@ -289,6 +289,15 @@ func encode(pix []float32, w, h int, format hourglassv1.OutputFormat) (data []by
 		}
 		return buf.Bytes(), "image/png", nil
 	}
+	if err := jpeg.Encode(&buf, toRGBA(pix, w, h), &jpeg.Options{Quality: jpegQuality}); err != nil {
+		return nil, "", err
+	}
+	return buf.Bytes(), "image/jpeg", nil
+}
+
+// toRGBA quantises pix (w×h RGB floats) into an opaque image.RGBA, the
+// form the standard library's encoders take.
+func toRGBA(pix []float32, w, h int) *image.RGBA {
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	for i, j := 0, 0; i < len(pix); i, j = i+3, j+4 {
 		img.Pix[j] = quantise(pix[i])
@@ -296,10 +305,7 @@ func encode(pix []float32, w, h int, format hourglassv1.OutputFormat) (data []by
 		img.Pix[j+2] = quantise(pix[i+2])
 		img.Pix[j+3] = 0xff
 	}
-	if err := jpeg.Encode(&buf, img, &jpeg.Options{Quality: jpegQuality}); err != nil {
-		return nil, "", err
-	}
-	return buf.Bytes(), "image/jpeg", nil
+	return img
 }
 
 func quantise(v float32) uint8 {
