@@ -1,0 +1,99 @@
+package sched
+
+import "math"
+
+// Fair-share constants (see the package doc).
+const (
+	// reserveHeadroom reserves for the other tenants a quarter more than
+	// their recent demand, so that a tenant whose demand grows is not
+	// refused for the flooder's sake before its demand is learned.
+	reserveHeadroom = 1.25
+	// idleDemand is the demand (in workers) below which a tenant with
+	// nothing queued or running is forgotten.
+	idleDemand = 1e-3
+)
+
+// tenant is what the fair share remembers of one tenant.
+type tenant struct {
+	// demand is the planned work the tenant asked for (admitted or
+	// not) per unit of time, in workers, decayed with the demand window.
+	demand float64
+	seen   int64
+	queued int64 // planned work waiting
+	jobs   int   // jobs waiting
+	// running counts its dispatched jobs.
+	running int
+}
+
+func (s *Scheduler) tenant(name string) *tenant {
+	t := s.tenants[name]
+	if t == nil {
+		t = &tenant{}
+		s.tenants[name] = t
+	}
+	return t
+}
+
+func (t *tenant) decay(now, window int64) {
+	if now > t.seen {
+		t.demand *= math.Exp(-float64(now-t.seen) / float64(window))
+		t.seen = now
+	}
+}
+
+func (t *tenant) ask(now, planned, window int64) {
+	t.decay(now, window)
+	t.demand += float64(planned) / float64(window)
+}
+
+// overShare is how far (in planned work, nanoseconds of one worker's time
+// over W) tenant ten would exceed its share of the workers' time before
+// j's deadline, converted to the time it takes the tenant's held work to
+// drain at its share; 0 when it does not.
+//
+// A tenant's share is what the other active tenants leave it: each of them
+// keeps min(its recent demand, the equal share 1/n) with some headroom, and
+// no tenant's share falls below 1/n. A tenant with nothing queued or
+// running may always queue one job, so that the share never stops a
+// tenant outright; the schedulability test still applies to it.
+func (s *Scheduler) overShare(now int64, j *Job, ten *tenant, remaining int64) int64 {
+	window := int64(s.cfg.DemandWindow)
+	n := 0
+	for name, u := range s.tenants {
+		u.decay(now, window)
+		if u != ten && u.jobs == 0 && u.running == 0 && u.demand < idleDemand {
+			delete(s.tenants, name)
+			continue
+		}
+		n++
+	}
+	if n < 2 {
+		return 0
+	}
+	held := ten.queued
+	if ten.running > 0 {
+		for _, r := range s.running {
+			if r.Tenant == j.Tenant {
+				held += max(0, int64(r.Planned)-(now-r.started))
+			}
+		}
+	}
+	if held == 0 {
+		return 0
+	}
+	w := float64(s.workers)
+	fair := 1 / float64(n)
+	others := 0.0
+	for _, u := range s.tenants {
+		if u != ten {
+			others += min(u.demand/w, fair)
+		}
+	}
+	share := max(fair, 1-reserveHeadroom*others)
+	limit := share * w * float64(remaining)
+	excess := float64(held+int64(j.Planned)) - limit
+	if excess <= 0 {
+		return 0
+	}
+	return int64(excess / (w * share))
+}
