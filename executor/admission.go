@@ -7,59 +7,57 @@ import (
 	"io"
 	"time"
 
+	"github.com/hourglass-dev/hourglass/executor/sched"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
 
+// megapixelSteps is a job's cost in the estimator's unit.
+func megapixelSteps(j *workerv1.Job) float64 {
+	return float64(j.GetWidth()) * float64(j.GetHeight()) / 1e6 *
+		float64(j.GetSteps()) * float64(j.GetImageCount())
+}
+
+// policyOf is the scheduling policy the configuration asks for.
+func policyOf(cfg Config) sched.Policy {
+	if !cfg.Admission {
+		return sched.FIFO
+	}
+	return cfg.Policy
+}
+
 // admitLocked decides, before any worker is touched, whether a job may wait
-// for a worker. A job that cannot finish before its deadline even on an
-// idle worker is refused with KindTooLate: running it would only waste the
-// worker. A job that could finish on an idle worker but not after the
-// estimated queue wait is refused with KindOverloaded, so that the caller
-// (or its balancer) can try a less loaded replica at once.
+// for a worker; the decision is the scheduling core's (see package sched):
+// a job is admitted only if, by the planned run times, it and every job
+// admitted before it finish before their deadlines.
 func (e *Executor) admitLocked(j *job) error {
 	if e.closed {
 		return &Error{Kind: KindUnavailable, Msg: "server is shutting down"}
 	}
-	idle := e.idleSlotLocked() != nil
-	if !idle && e.queue.Len() >= e.cfg.QueueMax {
-		return &Error{Kind: KindQueueFull, RetryAfter: max(time.Second, e.queueWaitLocked(j)),
-			Msg: fmt.Sprintf("queue full: %d jobs waiting, limit %d", e.queue.Len(), e.cfg.QueueMax)}
-	}
-	if !e.cfg.Admission {
+	refusal := e.sch.Admit(time.Now(), j.sj)
+	if refusal == nil {
 		return nil
 	}
-	remaining := time.Until(j.deadline)
-	if j.estimate > remaining {
-		return &Error{Kind: KindTooLate, Estimate: j.estimate, Remaining: remaining,
-			Msg: fmt.Sprintf("cannot finish before the deadline: estimated run time %v on an idle worker, %v remain",
-				j.estimate.Round(time.Millisecond), remaining.Round(time.Millisecond))}
+	err := &Error{Msg: refusal.Error(), Estimate: refusal.Planned, Remaining: refusal.Remaining,
+		RetryAfter: refusal.RetryAfter, Reason: refusal.Reason.String()}
+	switch refusal.Reason {
+	case sched.TooShort:
+		err.Kind = KindTooLate
+	case sched.QueueFull:
+		err.Kind = KindQueueFull
+	default: // Overloaded, OverShare: another replica may take it at once
+		err.Kind = KindOverloaded
 	}
-	if idle {
-		return nil
-	}
-	wait := e.queueWaitLocked(j)
-	if wait+j.estimate > remaining {
-		return &Error{Kind: KindOverloaded, Estimate: j.estimate, Remaining: remaining, RetryAfter: max(wait, 100*time.Millisecond),
-			Msg: fmt.Sprintf("too busy to meet the deadline: estimated queue wait %v plus run time %v, %v remain",
-				wait.Round(time.Millisecond), j.estimate.Round(time.Millisecond), remaining.Round(time.Millisecond))}
-	}
-	return nil
+	return err
 }
 
-// queueWaitLocked estimates how long j would wait for a worker: the work
-// still left on the running jobs plus that of the queued jobs that run
-// before j, spread over the slots.
-func (e *Executor) queueWaitLocked(j *job) time.Duration {
-	var backlog time.Duration
-	now := time.Now()
-	for _, s := range e.slots {
-		if s.job != nil {
-			backlog += max(0, s.job.estimate-now.Sub(s.jobStart))
-		}
-	}
-	_, queued := e.queue.ahead(j)
-	return (backlog + queued) / time.Duration(len(e.slots))
+// unreachableErr answers a job that left the queue unstarted because its
+// latest start (deadline − planned run time) passed.
+func unreachableErr(j *job) error {
+	return &Error{Kind: KindUnreachable, Estimate: j.sj.Planned, Remaining: max(0, time.Until(j.deadline)),
+		StepsTotal: j.stepsTotal,
+		Msg: fmt.Sprintf("cannot finish before the deadline any more: planned run time %v, %v remain; not started",
+			j.sj.Planned.Round(time.Millisecond), max(0, time.Until(j.deadline)).Round(time.Millisecond))}
 }
 
 // calibrate measures a worker with two small jobs of different cost (after
@@ -100,8 +98,10 @@ func (e *Executor) calibrate(ctx context.Context, w *workerProc) error {
 	if err != nil {
 		return fmt.Errorf("calibrate on worker %s: %w", w.name, err)
 	}
-	e.est.calibrate(megapixelSteps(small), tSmall, megapixelSteps(big), tBig)
-	overhead, rate := e.est.snapshot()
+	e.mu.Lock()
+	e.sch.Calibrate(megapixelSteps(small), tSmall, megapixelSteps(big), tBig)
+	overhead, rate := e.sch.Calibration()
+	e.mu.Unlock()
 	e.log.Info("calibrated run-time estimate", "model", cat.DefaultModel, "overhead", overhead,
 		"seconds_per_megapixel_step", rate, "small_run", tSmall, "big_run", tBig)
 	return nil

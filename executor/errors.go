@@ -32,9 +32,13 @@ const (
 	// KindTooLate: admission refused the job because its estimated run
 	// time on an idle worker exceeds the time left before its deadline.
 	KindTooLate
-	// KindOverloaded: admission refused the job because the estimated
-	// queue wait plus run time exceeds the time left.
+	// KindOverloaded: admission refused the job because, with the work
+	// already promised, it (or a job admitted before it) would miss its
+	// deadline, or its tenant holds its fair share already.
 	KindOverloaded
+	// KindUnreachable: the job waited until its deadline could no longer
+	// cover its planned run time, and left the queue unstarted.
+	KindUnreachable
 )
 
 var kindNames = map[Kind]string{
@@ -48,6 +52,7 @@ var kindNames = map[Kind]string{
 	KindUnavailable:   "unavailable",
 	KindTooLate:       "too_late",
 	KindOverloaded:    "overloaded",
+	KindUnreachable:   "unreachable",
 }
 
 func (k Kind) String() string {
@@ -68,9 +73,12 @@ type Error struct {
 	// RetryAfter suggests when a retry may succeed (queue full,
 	// overloaded), 0 if none.
 	RetryAfter time.Duration
-	// Estimate and Remaining explain an admission refusal: the predicted
+	// Estimate and Remaining explain an admission refusal: the planned
 	// run time and the time that was left before the deadline.
 	Estimate, Remaining time.Duration
+	// Reason is the scheduling core's reason for a refusal (too_short,
+	// overloaded, over_share, queue_full), for metrics and logs.
+	Reason string
 	// RunTime is how long the job had been on a worker when it ended for
 	// its caller (0 if it never started), so its tenant pays for it.
 	RunTime time.Duration

@@ -1,8 +1,9 @@
 // Package executor runs generation jobs on a pool of supervised worker
-// processes. It owns admission (can the job finish before its deadline?), a
-// bounded earliest-deadline-first queue, dispatch of one job per idle worker
-// over a Unix-socket gRPC connection, and the life of every worker process:
-// start, heartbeat, cancel, kill, respawn, hot spares, crash-loop backoff.
+// processes. It drives the scheduling core (package sched: admission as a
+// schedulability test, the earliest-deadline-first queue, the fair share,
+// the run-time estimator), dispatches one job per idle worker over a
+// Unix-socket gRPC connection, and supervises every worker process: start,
+// heartbeat, cancel, kill, respawn, hot spares, crash-loop backoff.
 // It returns typed outcomes (*Error); mapping them to gRPC statuses is the
 // server's business.
 //
@@ -32,6 +33,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/hourglass-dev/hourglass/executor/sched"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
@@ -65,6 +67,13 @@ type Config struct {
 	// Admission refuses jobs that cannot meet their deadline and orders the
 	// queue by deadline. Off: FIFO, everything admitted (benchmarks only).
 	Admission bool
+	// Policy is the scheduling policy while Admission is on:
+	// sched.Schedulable (the default) or sched.PointEstimate (the previous
+	// policy, for comparison).
+	Policy sched.Policy
+	// Quantile is the quantile of actual ÷ mean run time that plans a job
+	// (0: the scheduler's default, 0.95).
+	Quantile float64
 	// SecondsPerMegapixelStep and Overhead seed the run-time estimate; a
 	// zero rate means calibrate on a worker at start-up.
 	SecondsPerMegapixelStep float64
@@ -156,7 +165,6 @@ type Executor struct {
 	cfg Config
 	log *slog.Logger
 	dir string // private 0700 runtime directory holding the sockets
-	est *estimator
 
 	tracer  trace.Tracer
 	metrics instruments
@@ -169,10 +177,14 @@ type Executor struct {
 	// spares over the GPUs.
 	startingSpareGPUs []string
 	spawned           int // processes ever started, names the next socket
-	queue             jobQueue
-	closed            bool
-	serving           bool
-	catalog           Catalog
+	// sch is the scheduling core: every admission, queue and dispatch
+	// decision. Guarded by mu.
+	sch *sched.Scheduler
+	// streamers counts queued jobs whose callers want position updates.
+	streamers int
+	closed    bool
+	serving   bool
+	catalog   Catalog
 
 	stop chan struct{} // closed by Close: ends restarts and backoffs
 	wg   sync.WaitGroup
@@ -198,8 +210,8 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	}
 	e := &Executor{
 		cfg: cfg, log: cfg.Logger, dir: dir, stop: make(chan struct{}),
-		est:   newEstimator(cfg.SecondsPerMegapixelStep, cfg.Overhead),
-		queue: jobQueue{fifo: !cfg.Admission},
+		sch: sched.New(sched.Config{Policy: policyOf(cfg), Workers: cfg.Workers, QueueMax: cfg.QueueMax,
+			Quantile: cfg.Quantile, Overhead: cfg.Overhead, SecondsPerMegapixelStep: cfg.SecondsPerMegapixelStep}, time.Now()),
 	}
 	for i := range cfg.Workers {
 		s := &slot{id: fmt.Sprintf("w%d", i), state: StateStarting}
@@ -273,9 +285,12 @@ func (e *Executor) Catalog() Catalog {
 	return e.catalog
 }
 
-// Estimate is the predicted run time of a job on an idle worker.
+// Estimate is the mean predicted run time of a job on an idle worker.
 func (e *Executor) Estimate(spec *workerv1.Job) time.Duration {
-	return e.est.estimate(spec.GetModel(), megapixelSteps(spec))
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	mean, _ := e.sch.Estimate(spec.GetModel(), megapixelSteps(spec))
+	return mean
 }
 
 // Run admits a job for tenant, queues it and waits for its result. It
@@ -295,13 +310,13 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, o
 		tenant:     tenant,
 		deadline:   deadline,
 		stepsTotal: spec.GetSteps() * spec.GetImageCount(),
-		estimate:   e.Estimate(spec),
 		enqueued:   time.Now(),
 		position:   -1,
 		streaming:  onEvent != nil,
 		done:       make(chan struct{}),
 		notify:     make(chan struct{}, 1),
 	}
+	j.sj = &sched.Job{Tenant: tenant, Model: spec.GetModel(), Cost: megapixelSteps(spec), Deadline: deadline, Value: j}
 	if onEvent == nil {
 		onEvent = func(Event) {}
 	}
@@ -314,31 +329,73 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, o
 	_, admission := e.tracer.Start(ctx, "hourglass.admission", trace.WithAttributes(
 		attribute.String("hourglass.tenant", tenant),
 		attribute.String("hourglass.model", spec.GetModel()),
-		attribute.Int64("hourglass.estimate_ms", j.estimate.Milliseconds()),
 		attribute.Int64("hourglass.remaining_ms", time.Until(deadline).Milliseconds()),
 	))
 	e.mu.Lock()
 	if err := e.admitLocked(j); err != nil {
 		e.mu.Unlock()
-		e.metrics.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", KindOf(err).String())))
-		admission.SetStatus(codes.Error, KindOf(err).String())
-		admission.SetAttributes(attribute.String("hourglass.admission", KindOf(err).String()))
+		// The metric's reason is the error kind (too_late, overloaded,
+		// queue_full, unavailable), with over_share told apart from
+		// overloaded: both mean "try another replica", for different
+		// causes.
+		reason := KindOf(err).String()
+		var je *Error
+		if errors.As(err, &je) && je.Reason == sched.OverShare.String() {
+			reason = je.Reason
+		}
+		if admission.IsRecording() {
+			admission.SetStatus(codes.Error, reason)
+			admission.SetAttributes(attribute.String("hourglass.admission", reason),
+				attribute.Int64("hourglass.planned_ms", j.sj.Planned.Milliseconds()))
+		}
 		admission.End()
+		e.metrics.refusals.Add(ctx, 1, metric.WithAttributes(attribute.String("reason", reason)))
 		return nil, err
 	}
-	admission.SetAttributes(attribute.String("hourglass.admission", "admitted"))
+	if admission.IsRecording() {
+		admission.SetAttributes(attribute.String("hourglass.admission", "admitted"),
+			attribute.Int64("hourglass.estimate_ms", j.sj.Mean.Milliseconds()),
+			attribute.Int64("hourglass.planned_ms", j.sj.Planned.Milliseconds()))
+	}
 	admission.End()
 	_, j.queueSpan = e.tracer.Start(ctx, "hourglass.queue")
-	e.queue.push(j)
+	if j.streaming {
+		e.streamers++
+	}
 	if !e.dispatchLocked() {
 		e.postPositionsLocked() // j's own, and those of the jobs it overtook
 	}
 	e.mu.Unlock()
 
+	// A job still queued at its latest start (deadline − planned run time)
+	// cannot finish in time: it leaves the queue then, unstarted, and its
+	// caller learns at once instead of at the deadline.
+	var unreachable <-chan time.Time
+	if e.sch.Policy() == sched.Schedulable {
+		t := time.NewTimer(time.Until(j.sj.Latest()))
+		defer t.Stop()
+		unreachable = t.C
+	}
+
 	for {
 		select {
 		case <-j.notify:
 			deliver()
+		case <-unreachable:
+			e.mu.Lock()
+			left := e.sch.Remove(j.sj)
+			if left {
+				e.leftQueueLocked(j, "unreachable")
+				e.postPositionsLocked()
+			}
+			e.mu.Unlock()
+			if left {
+				if time.Until(j.deadline) < DeadlineSlack {
+					return nil, j.deadlineErr() // planned at ~0: this is the deadline
+				}
+				e.metrics.unreachable.Add(ctx, 1)
+				return nil, unreachableErr(j)
+			}
 		case <-j.done:
 			deliver()
 			return j.result, j.withRunTime(j.err)
@@ -352,9 +409,9 @@ func (e *Executor) Run(ctx context.Context, spec *workerv1.Job, tenant string, o
 			err := j.withRunTime(j.abandoned())
 			if e.cfg.Cancellation {
 				e.mu.Lock()
-				if e.queue.remove(j) {
+				if e.sch.Remove(j.sj) {
+					e.leftQueueLocked(j, "left the queue: "+KindOf(err).String())
 					e.postPositionsLocked()
-					j.endQueueSpan("left the queue: " + KindOf(err).String())
 				}
 				e.mu.Unlock()
 			}
@@ -378,8 +435,10 @@ func (e *Executor) CloseWithin(grace time.Duration) {
 	e.closed = true
 	close(e.stop)
 	var queued []*job
-	for e.queue.Len() > 0 {
-		queued = append(queued, e.queue.pop())
+	e.sch.Each(func(_ int, sj *sched.Job) { queued = append(queued, sj.Value.(*job)) })
+	for _, j := range queued {
+		e.sch.Remove(j.sj)
+		e.leftQueueLocked(j, "server shutting down")
 	}
 	workers := append([]*workerProc(nil), e.spares...)
 	e.spares = nil
@@ -392,7 +451,6 @@ func (e *Executor) CloseWithin(grace time.Duration) {
 	e.mu.Unlock()
 
 	for _, j := range queued {
-		j.endQueueSpan("server shutting down")
 		j.finish(nil, &Error{Kind: KindUnavailable, Msg: "server is shutting down"})
 	}
 	var wg sync.WaitGroup
@@ -414,13 +472,13 @@ type job struct {
 	tenant     string
 	deadline   time.Time
 	stepsTotal uint32
-	estimate   time.Duration // predicted run time on an idle worker
 	enqueued   time.Time
-	queued     bool   // in the queue (under the executor's lock)
-	seq        uint64 // arrival order, breaks deadline ties
-	streaming  bool   // the caller wants events (queue position updates)
-	queueSpan  trace.Span
-	position   int // last queue position reported; guarded by the executor's lock
+	// sj is the job as the scheduling core sees it (estimates, queue
+	// state); guarded by the executor's lock.
+	sj        *sched.Job
+	streaming bool // the caller wants events (queue position updates)
+	queueSpan trace.Span
+	position  int // last queue position reported; guarded by the executor's lock
 
 	stepsDone atomic.Uint32
 	started   atomic.Int64  // unix nanoseconds when a worker took it, 0 before
@@ -437,6 +495,15 @@ type job struct {
 	progress *Event
 	preview  *Event
 	notify   chan struct{} // capacity 1: "something is pending"
+}
+
+// leftQueueLocked is the bookkeeping of a job that left the queue (to a
+// worker, or not): its span ends and it stops counting as a streamer.
+func (e *Executor) leftQueueLocked(j *job, why string) {
+	if j.streaming {
+		e.streamers--
+	}
+	j.endQueueSpan(why)
 }
 
 // endQueueSpan ends the job's hourglass.queue span; called once, under the

@@ -302,6 +302,36 @@ func TestAdmission(t *testing.T) {
 	})
 }
 
+// A queued job whose latest start (deadline − planned run time) passes
+// leaves the queue unstarted, answered unreachable, and no worker is
+// touched: the worker stays on the job it had.
+func TestUnreachableJobLeavesTheQueueUnstarted(t *testing.T) {
+	// 512×512 × 4 steps at 0.2 s per megapixel-step: mean 0.21 s, planned
+	// 0.31 s (the cold factor 1.5). The occupying job is planned at about
+	// 0.18 s but runs for 15 s, so the queued one is admitted and then
+	// stuck behind it.
+	e := newPool(t, Config{Workers: 1, Admission: true, SecondsPerMegapixelStep: 0.2, Cancellation: true,
+		CancelGrace: 200 * time.Millisecond})
+	stop := occupy(t, e)
+	defer stop()
+	before := slot0(e)
+	var events []EventKind
+	_, _, err := run(e, 1500*time.Millisecond, testJob("", 512, 4), func(ev Event) { events = append(events, ev.Kind) })
+	var je *Error
+	if KindOf(err) != KindUnreachable || !asError(err, &je) || je.Estimate <= 0 {
+		t.Fatalf("Run(queued past its latest start) = %v; want unreachable with the planned run time", err)
+	}
+	if len(events) != 1 || events[0] != EventQueued {
+		t.Errorf("events = %v; want only the queued event (never started)", events)
+	}
+	if w := slot0(e); w.PID != before.PID || w.JobsDone != before.JobsDone || w.State != StateBusy {
+		t.Errorf("after the unreachable job w0 = %+v; want the occupying job still running on pid %d", w, before.PID)
+	}
+	if d := e.Status().QueueDepth; d != 0 {
+		t.Errorf("queue depth = %d; want 0", d)
+	}
+}
+
 func TestCalibrationAtStart(t *testing.T) {
 	e := newPool(t, Config{Workers: 1, Admission: true, Cancellation: true})
 	if est := e.Estimate(testJob("", 512, 30)); est <= 0 {

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/hourglass-dev/hourglass/executor/sched"
 	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
 	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
@@ -111,7 +112,7 @@ type Status struct {
 func (e *Executor) Status() Status {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st := Status{QueueDepth: e.queue.Len(), Serving: e.servingLocked()}
+	st := Status{QueueDepth: e.sch.Len(), Serving: e.servingLocked()}
 	for _, s := range e.slots {
 		ws := WorkerStatus{ID: s.id, State: s.state, JobsDone: s.jobsDone, Restarts: s.restarts, GPU: s.gpu}
 		if s.w != nil {
@@ -140,10 +141,23 @@ func (e *Executor) servingLocked() bool {
 	return false
 }
 
-// changedLocked reports health changes to the server after any slot moved.
+// changedLocked reports health changes to the server after any slot
+// moved, and tells the scheduling core how many workers serve the queue.
 func (e *Executor) changedLocked() {
 	if e.closed {
 		return
+	}
+	live := 0
+	for _, s := range e.slots {
+		switch s.state {
+		case StateReady, StateBusy, StateCancelling:
+			live++
+		}
+	}
+	// Before the first worker serves, plan on the configured pool: the
+	// workers are starting, and a queue planned on none would refuse all.
+	if live > 0 && live != e.sch.Workers() {
+		e.sch.SetWorkers(live)
 	}
 	serving := e.servingLocked()
 	if serving != e.serving {
@@ -172,21 +186,35 @@ func (e *Executor) dispatchLocked() (dispatched bool) {
 			e.postPositionsLocked()
 		}
 	}()
-	for e.queue.Len() > 0 && !e.closed {
+	for e.sch.Len() > 0 && !e.closed {
 		s := e.idleSlotLocked()
 		if s == nil {
 			return dispatched
 		}
-		j := e.queue.pop()
+		next, dropped := e.sch.Next(time.Now())
+		for _, sj := range dropped {
+			// Its latest start passed while it waited: it cannot finish
+			// in time, so no worker is touched.
+			j := sj.Value.(*job)
+			dispatched = true
+			e.leftQueueLocked(j, "unreachable")
+			e.metrics.unreachable.Add(context.Background(), 1)
+			j.finish(nil, unreachableErr(j))
+		}
+		if next == nil {
+			return dispatched
+		}
+		j := next.Value.(*job)
 		dispatched = true
 		if e.cfg.Cancellation && j.ctx.Err() != nil {
-			j.endQueueSpan("caller gone")
+			e.sch.Done(next, 0, false)
+			e.leftQueueLocked(j, "caller gone")
 			continue // its Run is answering already; don't touch a worker
 		}
+		e.leftQueueLocked(j, "dispatched to "+s.id)
 		s.state, s.job, s.jobStart = StateBusy, j, time.Now()
 		wait := s.jobStart.Sub(j.enqueued)
 		e.metrics.queueWait.Record(context.Background(), wait.Seconds())
-		j.endQueueSpan("dispatched to " + s.id)
 		e.wg.Add(1)
 		go e.runJob(s, s.w, j)
 	}
@@ -196,15 +224,15 @@ func (e *Executor) dispatchLocked() (dispatched bool) {
 // postPositionsLocked tells streaming callers their new queue positions.
 // It costs O(n log n), so it runs only while some queued caller streams.
 func (e *Executor) postPositionsLocked() {
-	if e.queue.streamers == 0 {
+	if e.streamers == 0 {
 		return
 	}
-	for j, pos := range e.queue.positions() {
-		if j.streaming && pos != j.position {
+	e.sch.Each(func(pos int, sj *sched.Job) {
+		if j := sj.Value.(*job); j.streaming && pos != j.position {
 			j.position = pos
 			j.post(Event{Kind: EventQueued, Position: pos})
 		}
-	}
+	})
 }
 
 // outcome is what a finished worker call says about the worker itself.
@@ -246,7 +274,6 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 	if err == nil {
 		res = &Result{Images: images, QueueWait: start.Sub(j.enqueued), RunTime: took,
 			StepsDone: j.stepsDone.Load(), StepsTotal: j.stepsTotal, WorkerID: s.id}
-		e.est.observe(j.spec.GetModel(), megapixelSteps(j.spec), took)
 	}
 	j.finish(res, err)
 	span.SetAttributes(attribute.Int("hourglass.steps.done", int(j.stepsDone.Load())),
@@ -286,6 +313,9 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	s.job = nil
+	// The worker is free (or replaced) only now: until here the core
+	// counted its job as running, cancelled or not.
+	e.sch.Done(j.sj, took, err == nil)
 	if e.closed {
 		return
 	}

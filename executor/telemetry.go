@@ -31,6 +31,9 @@ type instruments struct {
 	kills     metric.Int64Counter
 	respawns  metric.Int64Counter
 	refusals  metric.Int64Counter
+	// unreachable counts admitted jobs that left the queue unstarted
+	// because their latest start passed.
+	unreachable metric.Int64Counter
 }
 
 func (e *Executor) tracerProvider() trace.TracerProvider {
@@ -52,7 +55,7 @@ func (e *Executor) initTelemetry() error {
 	m := e.meterProvider().Meter(instrumentationName)
 	var (
 		in   instruments
-		errs = make([]error, 7)
+		errs = make([]error, 8)
 	)
 	in.queueWait, errs[0] = m.Float64Histogram("hourglass.queue.wait", metric.WithUnit("s"),
 		metric.WithDescription("Time jobs waited for a worker."),
@@ -63,6 +66,8 @@ func (e *Executor) initTelemetry() error {
 	in.kills, errs[2] = m.Int64Counter("hourglass.worker.kills", metric.WithDescription("Worker process groups killed, by reason."))
 	in.respawns, errs[3] = m.Int64Counter("hourglass.worker.respawns", metric.WithDescription("Dead workers replaced, by a hot spare or a new process."))
 	in.refusals, errs[4] = m.Int64Counter("hourglass.admission.refusals", metric.WithDescription("Jobs refused before queueing, by reason."))
+	in.unreachable, errs[7] = m.Int64Counter("hourglass.queue.unreachable",
+		metric.WithDescription("Admitted jobs that left the queue unstarted: their deadline could no longer cover their planned run time."))
 	queueDepth, err5 := m.Int64ObservableGauge("hourglass.queue.depth", metric.WithDescription("Jobs waiting for a worker."))
 	workers, err6 := m.Int64ObservableGauge("hourglass.workers", metric.WithDescription("Worker processes by state (ready hot spares as state spare)."))
 	errs[5], errs[6] = err5, err6

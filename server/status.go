@@ -36,6 +36,11 @@ const (
 	ReasonDraining         = "SERVER_DRAINING"
 	ReasonDeadlineTooShort = "DEADLINE_TOO_SHORT"
 	ReasonOverloaded       = "OVERLOADED"
+	// ReasonDeadlineUnreachable: the job was admitted, but waited until
+	// its deadline could no longer cover its planned run time, and left
+	// the queue without touching a worker (DEADLINE_TOO_SHORT is the same
+	// judgement made at admission).
+	ReasonDeadlineUnreachable = "DEADLINE_UNREACHABLE"
 )
 
 // statusFromJob maps an executor outcome to the caller's status.
@@ -56,6 +61,9 @@ func statusFromJob(log *slog.Logger, err error) error {
 	case executor.KindTooLate:
 		return withDetails(codes.DeadlineExceeded, je.Msg,
 			&errdetails.ErrorInfo{Reason: ReasonDeadlineTooShort, Domain: ErrorDomain, Metadata: estimate(je)})
+	case executor.KindUnreachable:
+		return withDetails(codes.DeadlineExceeded, je.Msg,
+			&errdetails.ErrorInfo{Reason: ReasonDeadlineUnreachable, Domain: ErrorDomain, Metadata: estimate(je)})
 	case executor.KindOverloaded:
 		return withDetails(codes.ResourceExhausted, je.Msg,
 			&errdetails.ErrorInfo{Reason: ReasonOverloaded, Domain: ErrorDomain, Metadata: estimate(je)},

@@ -83,6 +83,7 @@ func TestStatusFromJob(t *testing.T) {
 	}{
 		{kind: executor.KindDeadline, code: codes.DeadlineExceeded, reason: ReasonDeadlineExceeded, metadata: progress},
 		{kind: executor.KindTooLate, code: codes.DeadlineExceeded, reason: ReasonDeadlineTooShort, metadata: admission},
+		{kind: executor.KindUnreachable, code: codes.DeadlineExceeded, reason: ReasonDeadlineUnreachable, metadata: admission},
 		{kind: executor.KindOverloaded, code: codes.ResourceExhausted, reason: ReasonOverloaded, metadata: admission, retry: 3 * time.Second},
 		{kind: executor.KindQueueFull, code: codes.ResourceExhausted, reason: ReasonQueueFull, retry: 3 * time.Second},
 		{kind: executor.KindWorkerCrashed, code: codes.Unavailable, reason: ReasonWorkerCrashed, metadata: progress},

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/hourglass-dev/hourglass/executor"
+	"github.com/hourglass-dev/hourglass/executor/sched"
 	"github.com/hourglass-dev/hourglass/internal/config"
 	"github.com/hourglass-dev/hourglass/internal/gpu"
 	"github.com/hourglass-dev/hourglass/internal/telemetry"
@@ -197,6 +198,11 @@ func serve(log *slog.Logger, cfg config.Config, sec *security, command []string,
 		pool *executor.Executor
 		err  error
 	}
+	// Validated with the config: only schedulable or point-estimate.
+	policy, err := sched.ParsePolicy(cfg.Admission.Policy)
+	if err != nil {
+		return fmt.Errorf("admission.policy: %w", err)
+	}
 	poolc := make(chan started, 1)
 	go func() {
 		pool, err := executor.New(startCtx, executor.Config{
@@ -209,6 +215,8 @@ func serve(log *slog.Logger, cfg config.Config, sec *security, command []string,
 			Heartbeat:               cfg.Timeouts.Heartbeat,
 			WorkerStart:             cfg.Timeouts.WorkerStart,
 			Admission:               cfg.Admission.Enabled,
+			Policy:                  policy,
+			Quantile:                cfg.Admission.Quantile,
 			SecondsPerMegapixelStep: cfg.Admission.SecondsPerMegapixelStep,
 			Overhead:                cfg.Admission.Overhead,
 			Cancellation:            cfg.Cancellation.Enabled,

@@ -167,6 +167,14 @@ type Admission struct {
 	// Overhead is the starting estimate of a job's fixed cost (encoding,
 	// transfer); used with SecondsPerMegapixelStep, ignored when calibrating.
 	Overhead time.Duration `yaml:"overhead"`
+	// Quantile is the quantile of actual ÷ estimated run time a job is
+	// planned with (default 0.95): the estimator learns each model's
+	// spread, and admission promises only what the quantile says finishes.
+	Quantile float64 `yaml:"quantile"`
+	// Policy is "schedulable" (the default: admit only what keeps every
+	// promise) or "point-estimate" (the previous policy, which plans with
+	// the mean and checks only the new job's own wait; for comparison).
+	Policy string `yaml:"policy"`
 }
 
 // Cancellation configures what happens to a job whose caller is gone.
@@ -196,7 +204,7 @@ func Default() Config {
 		// 64 KiB of metadata: Envoy's default limit is 60 KiB, so
 		// anything that crossed a proxy fits.
 		Limits:       Limits{MaxCostPixelSteps: 1 << 30, MaxMetadataBytes: 64 << 10},
-		Admission:    Admission{Enabled: true},
+		Admission:    Admission{Enabled: true, Quantile: 0.95, Policy: "schedulable"},
 		Cancellation: Cancellation{Enabled: true},
 	}
 }
@@ -295,6 +303,10 @@ func (c Config) Validate() error {
 		return invalid("admission.seconds_per_megapixel_step", "%v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
 	case c.Admission.Overhead < 0:
 		return invalid("admission.overhead", "%v must not be negative", c.Admission.Overhead)
+	case !(c.Admission.Quantile > 0 && c.Admission.Quantile <= 1):
+		return invalid("admission.quantile", "%v must be in (0, 1]", c.Admission.Quantile)
+	case c.Admission.Policy != "schedulable" && c.Admission.Policy != "point-estimate":
+		return invalid("admission.policy", "%q must be schedulable or point-estimate", c.Admission.Policy)
 	case c.TLS.Cert != "" && c.TLS.Key == "":
 		return invalid("tls.key", "must be set with tls.cert")
 	case c.TLS.Key != "" && c.TLS.Cert == "":

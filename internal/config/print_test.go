@@ -20,7 +20,7 @@ func everything() Config {
 		},
 		Queue:        Queue{Max: 0},
 		Limits:       Limits{MaxCostPixelSteps: 1<<64 - 1, MaxMetadataBytes: 1 << 20},
-		Admission:    Admission{Enabled: false, SecondsPerMegapixelStep: 0.0123456789, Overhead: 20 * time.Millisecond},
+		Admission:    Admission{Enabled: false, SecondsPerMegapixelStep: 0.0123456789, Overhead: 20 * time.Millisecond, Quantile: 0.99, Policy: "point-estimate"},
 		Cancellation: Cancellation{Enabled: false},
 		Auth:         Auth{TokensFile: "/etc/hourglass/tokens: v2"},
 		TLS:          TLS{Cert: "true", Key: "~", ClientCA: "0x10"},
