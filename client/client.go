@@ -185,7 +185,7 @@ func parseTarget(target string) (string, []string, error) {
 }
 
 // listResolver serves a fixed list of addresses, one endpoint each, so
-// that round_robin balances over them and health-checks each. ServerName
+// that the round robin balances over them and health-checks each. ServerName
 // is the address itself: TLS then verifies each replica against its own
 // name, not against the list's.
 func listResolver(addrs []string) *manual.Resolver {
@@ -206,13 +206,14 @@ const (
 	maxBackoff     = time.Second
 )
 
-// serviceConfig is the default service config (gRFC A2 JSON): round_robin
-// over every replica, health-checked on ServiceName when healthCheck, and
-// retries of UNAVAILABLE on every method of ServiceName. A resolver that
-// supplies its own config (xDS, DNS TXT records) replaces it.
+// serviceConfig is the default service config (gRFC A2 JSON): the client's
+// round robin (balancer.go) over every replica, health-checked on
+// ServiceName when healthCheck, and retries of UNAVAILABLE on every method
+// of ServiceName. A resolver that supplies its own config (xDS, DNS TXT
+// records) replaces it.
 func serviceConfig(maxAttempts int, healthCheck bool) string {
 	type obj = map[string]any
-	sc := obj{"loadBalancingConfig": []obj{{"round_robin": obj{}}}}
+	sc := obj{"loadBalancingConfig": []obj{{balancerName: obj{}}}}
 	if healthCheck {
 		sc["healthCheckConfig"] = obj{"serviceName": ServiceName}
 	}

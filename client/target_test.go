@@ -58,8 +58,8 @@ func TestServiceConfig(t *testing.T) {
 		if err := json.Unmarshal([]byte(js), &sc); err != nil {
 			t.Fatalf("serviceConfig(%d, %v) = %s: %v", tt.attempts, tt.health, js, err)
 		}
-		if len(sc.LoadBalancingConfig) != 1 || sc.LoadBalancingConfig[0]["round_robin"] == nil {
-			t.Errorf("serviceConfig(%d, %v) = %s; want round_robin", tt.attempts, tt.health, js)
+		if len(sc.LoadBalancingConfig) != 1 || sc.LoadBalancingConfig[0][balancerName] == nil {
+			t.Errorf("serviceConfig(%d, %v) = %s; want %s", tt.attempts, tt.health, js, balancerName)
 		}
 		if (sc.HealthCheckConfig != nil && sc.HealthCheckConfig.ServiceName == ServiceName) != tt.wantHealthy {
 			t.Errorf("serviceConfig(%d, %v) = %s; health check %v", tt.attempts, tt.health, js, tt.wantHealthy)
