@@ -1,6 +1,7 @@
 // Package client is the Go SDK for calling hourglassd: text-to-image jobs
 // with a deadline, balanced over several replicas, retried when a replica
-// or a worker dies, with the same images after a retry.
+// or a worker dies and moved when a replica is full, with the same images
+// after a retry.
 //
 //	c, err := client.New("gpu1:50051,gpu2:50051,gpu3:50051", client.WithCAFile("ca.pem"), client.WithToken(token))
 //	if err != nil { ... }
@@ -39,14 +40,17 @@
 //
 // These come from the client's default service config:
 //
-//	{"loadBalancingConfig": [{"round_robin": {}}],
+//	{"loadBalancingConfig": [{"hourglass_round_robin": {}}],
 //	 "healthCheckConfig": {"serviceName": "hourglass.v1.GenerateService"},
 //	 "methodConfig": [{"name": [{"service": "hourglass.v1.GenerateService"}],
 //	   "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.1s", "maxBackoff": "1s",
 //	     "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]}
 //
-// A resolver that supplies a service config of its own (xDS always, DNS
-// when TXT records hold one) replaces it.
+// hourglass_round_robin is gRPC's round_robin (one pick_first child per
+// replica, health-checked as above) with one addition: a call's tries skip
+// the replicas that refused that call for load (see below). A resolver
+// that supplies a service config of its own (xDS always, DNS when TXT
+// records hold one) replaces it.
 //
 // # Retries and seeds
 //
@@ -75,9 +79,29 @@
 // yielded the failure is returned instead; retry with the seed to get the
 // same images.
 //
-// RESOURCE_EXHAUSTED is not retried by the client: the server says how
-// long to wait (IsOverloaded) and the caller decides. Retries share the
-// call's deadline: a call never outlives it.
+// A call that a replica refuses for its own load moves to another replica
+// at once: RESOURCE_EXHAUSTED with reason ReasonOverloaded (the queue
+// there would make the job miss its deadline) or ReasonQueueFull (the
+// queue there is full), for Generate, and for GenerateStream while the
+// stream has had nothing but queued events (the caller then sees the
+// queued events of both). The next try goes, without a backoff and with
+// the same seed, to the next replica in the rotation that has not refused
+// this call: the balancer skips those that have, so no replica is tried
+// twice for load, and at most WithMaxAttempts replicas are tried in all (1
+// turns moves off too). When every replica has refused the call (with one
+// replica, at the first refusal), or the attempts or the deadline are
+// spent, the call returns the last refusal as the replica sent it, with
+// its RetryInfo: IsOverloaded says how long to wait, and the caller
+// decides. OnLoadRefusal reports each refusal and the replica that sent
+// it. A refusal for the tenant's own quota (ReasonTenantQuota, or any
+// refusal with a QuotaFailure) does not move, as every replica would
+// refuse it too, and neither does ReasonOutOfMemory. Under a balancing
+// policy from xDS or the resolver, the client cannot choose the replica:
+// the call moves to wherever that policy picks, and stops when a replica
+// refuses it a second time.
+//
+// Retries and moves share the call's deadline: every try is sent with
+// what is left of it, and a call never outlives it.
 //
 // # Deadlines
 //
@@ -128,7 +152,8 @@
 //	status              reason (Reason)         details          helper
 //	DEADLINE_EXCEEDED   DEADLINE_EXCEEDED       steps done       IsDeadlineExceeded
 //	DEADLINE_EXCEEDED   DEADLINE_TOO_SHORT      estimate         IsDeadlineExceeded
-//	RESOURCE_EXHAUSTED  QUEUE_FULL, OVERLOADED  RetryInfo        IsOverloaded, IsRetryable
+//	RESOURCE_EXHAUSTED  QUEUE_FULL, OVERLOADED  RetryInfo,       IsOverloaded, IsRetryable
+//	                                            (moved)
 //	RESOURCE_EXHAUSTED  TENANT_QUOTA_EXCEEDED   RetryInfo,       IsOverloaded, IsRetryable,
 //	                                            QuotaFailure     QuotaViolations
 //	RESOURCE_EXHAUSTED  WORKER_OUT_OF_MEMORY                     (ask for less)
@@ -155,7 +180,9 @@
 // The balancing and retry policy are then the control plane's (the
 // default service config above does not apply), and so is health:
 // endpoints the control plane reports unhealthy get no calls. The seed,
-// the default deadline and the stream restarts still apply. WithInsecure
+// the default deadline, the stream restarts and the moves after a
+// refusal for load still apply, the moves to wherever the control plane
+// picks. WithInsecure
 // fits a mesh whose sidecars encrypt; with xDS-managed security use
 // WithGRPCDialOptions and grpc-go's xds credentials.
 //

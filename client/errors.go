@@ -28,11 +28,14 @@ const (
 	// deadline even on an idle worker; metadata estimate_ms and
 	// remaining_ms. Ask for less, or give it more time.
 	ReasonDeadlineTooShort = "DEADLINE_TOO_SHORT"
-	// RESOURCE_EXHAUSTED with RetryInfo: the server's queue is full.
+	// RESOURCE_EXHAUSTED with RetryInfo: the server's queue is full. The
+	// client moves such a call to the other replicas before it returns
+	// this (see the package doc).
 	ReasonQueueFull = "QUEUE_FULL"
 	// RESOURCE_EXHAUSTED with RetryInfo: the queue ahead would make the job
 	// miss its deadline; RetryInfo is the expected wait. Another replica
-	// may have room.
+	// may have room: the client moves the call there before it returns
+	// this (see the package doc).
 	ReasonOverloaded = "OVERLOADED"
 	// RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure: the caller's
 	// tenant is over its own limit (concurrent jobs or worker-seconds);

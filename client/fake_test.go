@@ -43,12 +43,18 @@ type fakeServer struct {
 	attempts map[string]int
 	// streamEnded receives when a "wait" stream's handler returns.
 	streamEnded chan struct{}
+	// refusal, when set, answers every job call, whatever its prompt, as
+	// a saturated hourglassd refuses for load; a stream gets a queued
+	// event first when refuseQueued.
+	refusal      error
+	refuseQueued bool
 }
 
 // call is what the fake saw of one call.
 type call struct {
 	method    string
 	req       *hourglassv1.GenerateRequest
+	at        time.Time     // when it arrived
 	remaining time.Duration // until the deadline; 0 without one
 	auth      string        // the authorization metadata
 	clientCN  string        // the verified client certificate's common name
@@ -118,7 +124,7 @@ func (f *fakeServer) setServing(ok bool) {
 
 // record notes a call and returns its attempt number for its prompt.
 func (f *fakeServer) record(ctx context.Context, method string, req *hourglassv1.GenerateRequest) int {
-	c := call{method: method, req: proto.CloneOf(req)}
+	c := call{method: method, req: proto.CloneOf(req), at: time.Now()}
 	if d, ok := ctx.Deadline(); ok {
 		c.remaining = time.Until(d)
 	}
@@ -135,6 +141,22 @@ func (f *fakeServer) record(ctx context.Context, method string, req *hourglassv1
 	f.calls = append(f.calls, c)
 	f.attempts[req.GetPrompt()]++
 	return f.attempts[req.GetPrompt()]
+}
+
+// refuse makes the fake answer every job call with err (nil: answer by
+// the prompt again), after a queued event on a stream when queued.
+func (f *fakeServer) refuse(err error, queued bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refusal, f.refuseQueued = err, queued
+}
+
+// refusing is the fake's refusal, and whether a stream gets a queued event
+// first.
+func (f *fakeServer) refusing() (error, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.refusal, f.refuseQueued
 }
 
 // received returns the calls so far.
@@ -211,6 +233,9 @@ func stats(req *hourglassv1.GenerateRequest) *hourglassv1.GenerateStats {
 
 func (f *fakeServer) Generate(ctx context.Context, req *hourglassv1.GenerateRequest) (*hourglassv1.GenerateResponse, error) {
 	attempt := f.record(ctx, "Generate", req)
+	if err, _ := f.refusing(); err != nil {
+		return nil, err
+	}
 	if req.GetPrompt() == promptWait {
 		<-ctx.Done()
 		return nil, status.FromContextError(ctx.Err()).Err()
@@ -229,9 +254,6 @@ func (f *fakeServer) GenerateStream(req *hourglassv1.GenerateRequest, stream grp
 		// send fails and the handler returns early.
 		defer func() { f.streamEnded <- struct{}{} }()
 	}
-	if err := failure(req.GetPrompt(), attempt); err != nil {
-		return err
-	}
 	send := func(evs ...*hourglassv1.GenerateEvent) error {
 		for _, ev := range evs {
 			if err := stream.Send(ev); err != nil {
@@ -239,6 +261,17 @@ func (f *fakeServer) GenerateStream(req *hourglassv1.GenerateRequest, stream grp
 			}
 		}
 		return nil
+	}
+	if refusal, queued := f.refusing(); refusal != nil {
+		if queued {
+			if err := send(queuedEvent(3)); err != nil {
+				return err
+			}
+		}
+		return refusal
+	}
+	if err := failure(req.GetPrompt(), attempt); err != nil {
+		return err
 	}
 	if err := send(queuedEvent(1), queuedEvent(0), startedEvent(req.GetSeed()), progressEvent(1, 4, 25)); err != nil {
 		return err

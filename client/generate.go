@@ -9,7 +9,9 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -19,16 +21,106 @@ import (
 // Generate runs one job and returns all its images at once. A try that
 // fails with UNAVAILABLE (a replica gone, a worker crashed, a server
 // draining) is retried, on another replica when there is one, with the
-// same seed, so the images are the ones the first try would have made.
-// Images travel in one message: for large jobs, GenerateStream sends them
-// one by one.
+// same seed, so the images are the ones the first try would have made. A
+// try that a replica refuses for load (OVERLOADED, QUEUE_FULL) moves at
+// once to a replica that has not refused the call; when every replica
+// has, the last refusal is returned. Images travel in one message: for
+// large jobs, GenerateStream sends them one by one.
 func (c *Client) Generate(ctx context.Context, req *hourglassv1.GenerateRequest) (*hourglassv1.GenerateResponse, error) {
 	ctx, cancel, err := c.callContext(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer cancel()
-	return c.api.Generate(ctx, withSeed(req))
+	req = withSeed(req)
+	ctx, m := c.newMover(ctx)
+	for attempt := 1; ; attempt++ {
+		var p peer.Peer
+		resp, err := c.api.Generate(ctx, req, grpc.Peer(&p))
+		if err == nil {
+			return resp, nil
+		}
+		if last := m.everyReplicaRefused(); last != nil {
+			return nil, last
+		}
+		if !m.move(ctx, attempt, peerAddr(&p), err) {
+			return nil, err
+		}
+	}
+}
+
+// isLoadRefusal reports whether err is a replica's refusal for its own
+// load: RESOURCE_EXHAUSTED with reason OVERLOADED or QUEUE_FULL, and no
+// QuotaFailure (a tenant over its quota is refused by every replica).
+func isLoadRefusal(err error) bool {
+	if Code(err) != codes.ResourceExhausted || QuotaViolations(err) != nil {
+		return false
+	}
+	r := Reason(err)
+	return r == ReasonOverloaded || r == ReasonQueueFull
+}
+
+// mover decides, for one call, whether a try refused for load moves to
+// another replica.
+type mover struct {
+	c  *Client
+	rt *route
+	// refusedPeers are the replicas (by peer address) that refused a call
+	// the balancer does not steer.
+	refusedPeers map[string]bool
+	last         error // the latest refusal
+}
+
+// newMover gives ctx the route the client's balancer steers the call's
+// tries with.
+func (c *Client) newMover(ctx context.Context) (context.Context, *mover) {
+	ctx, rt := withRoute(ctx)
+	return ctx, &mover{c: c, rt: rt, refusedPeers: map[string]bool{}}
+}
+
+// move reports whether the call is tried again at once after try attempt
+// failed with err on the replica at addr. It moves on a refusal for load
+// while attempts are left and the deadline has not passed; the balancer
+// then skips the replicas that refused. Under a policy that the client
+// does not steer (xDS), the next try goes where that policy picks, and the
+// call stops when a replica refuses it a second time.
+func (m *mover) move(ctx context.Context, attempt int, addr string, err error) bool {
+	if !isLoadRefusal(err) {
+		return false
+	}
+	m.last = err
+	if m.c.opts.onLoadRefusal != nil {
+		m.c.opts.onLoadRefusal(attempt, addr, err)
+	}
+	if attempt >= m.c.opts.maxAttempts || ctx.Err() != nil {
+		return false
+	}
+	if m.rt.refuseLast() {
+		return true
+	}
+	if addr == "" || m.refusedPeers[addr] {
+		return false
+	}
+	m.refusedPeers[addr] = true
+	return true
+}
+
+// everyReplicaRefused is the last refusal when the latest try found only
+// replicas that had refused the call, nil otherwise.
+func (m *mover) everyReplicaRefused() error {
+	if m.last != nil && m.rt.everyReplicaRefused() {
+		return m.last
+	}
+	return nil
+}
+
+// peerAddr is the address of the replica a try reached, "" when it
+// reached none.
+func peerAddr(p *peer.Peer) string {
+	if p.Addr == nil {
+		return ""
+	}
+	return p.Addr.String()
 }
 
 // GenerateStream runs one job and yields its events as they come: queued
@@ -43,6 +135,11 @@ func (c *Client) Generate(ctx context.Context, req *hourglassv1.GenerateRequest)
 // same seed), and progress starts over. Once an image was yielded the
 // failure is returned instead, since the caller may have used it; retry
 // with Seed set to the started event's seed to get the same images.
+//
+// A stream that a replica refuses for load (OVERLOADED, QUEUE_FULL) before
+// anything but queued events moves at once, with the same seed, to a
+// replica that has not refused it, as Generate does; the caller may see
+// queued events from both.
 func (c *Client) GenerateStream(ctx context.Context, req *hourglassv1.GenerateRequest) iter.Seq2[*hourglassv1.GenerateEvent, error] {
 	return func(yield func(*hourglassv1.GenerateEvent, error) bool) {
 		ctx, cancel, err := c.callContext(ctx)
@@ -52,10 +149,19 @@ func (c *Client) GenerateStream(ctx context.Context, req *hourglassv1.GenerateRe
 		}
 		defer cancel()
 		req := withSeed(req)
+		ctx, m := c.newMover(ctx)
 		for attempt := 1; ; attempt++ {
 			r := c.streamAttempt(ctx, req, yield)
 			if r.stopped || r.err == nil {
 				return
+			}
+			if last := m.everyReplicaRefused(); last != nil {
+				yield(nil, last)
+				return
+			}
+			// Refused before the job started: another replica, at once.
+			if !r.started && m.move(ctx, attempt, r.peer, r.err) {
+				continue
 			}
 			if !c.restartable(r, attempt) {
 				yield(nil, r.err)
@@ -85,10 +191,12 @@ func (c *Client) GenerateStream(ctx context.Context, req *hourglassv1.GenerateRe
 
 // attemptResult is how one stream attempt ended.
 type attemptResult struct {
-	err     error // nil: done was yielded
-	stopped bool  // the caller stopped the loop
-	events  int   // events received
-	images  int   // images yielded
+	err     error  // nil: done was yielded
+	stopped bool   // the caller stopped the loop
+	events  int    // events received
+	started bool   // an event other than queued was received
+	images  int    // images yielded
+	peer    string // the replica's address; "" when it reached none
 }
 
 // streamAttempt runs one GenerateStream call and yields its events.
@@ -97,10 +205,13 @@ func (c *Client) streamAttempt(ctx context.Context, req *hourglassv1.GenerateReq
 	// stops early or the attempt fails.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var r attemptResult
-	stream, err := c.api.GenerateStream(ctx, req)
+	var (
+		r attemptResult
+		p peer.Peer
+	)
+	stream, err := c.api.GenerateStream(ctx, req, grpc.Peer(&p))
 	if err != nil {
-		r.err = err
+		r.err, r.peer = err, peerAddr(&p)
 		return r
 	}
 	for {
@@ -111,10 +222,14 @@ func (c *Client) streamAttempt(ctx context.Context, req *hourglassv1.GenerateReq
 			return r
 		}
 		if err != nil {
-			r.err = err
+			// grpc-go fills p in when the stream ends.
+			r.err, r.peer = err, peerAddr(&p)
 			return r
 		}
 		r.events++
+		if ev.GetQueued() == nil {
+			r.started = true
+		}
 		if ev.GetImage() != nil {
 			r.images++
 		}

@@ -13,7 +13,8 @@ const (
 	// none. It equals hourglassd's own timeouts.default.
 	DefaultTimeout = 60 * time.Second
 	// DefaultMaxAttempts is how many times a call is tried in all when a
-	// try fails with UNAVAILABLE.
+	// try fails with UNAVAILABLE, and how many replicas a call refused for
+	// load is tried on at most.
 	DefaultMaxAttempts = 3
 	// DefaultMaxRecvMsgSize is the largest message the client accepts.
 	// gRPC's own default, 4 MiB, is less than one 2048×2048 PNG.
@@ -41,6 +42,7 @@ type options struct {
 	maxRecvMsgSize int
 	healthCheck    bool
 	onStreamRetry  func(attempt int, err error)
+	onLoadRefusal  func(attempt int, replica string, err error)
 	dialOptions    []grpc.DialOption
 }
 
@@ -108,8 +110,10 @@ func WithDefaultTimeout(d time.Duration) Option {
 }
 
 // WithMaxAttempts sets how many times a call is tried in all when a try
-// fails with UNAVAILABLE (DefaultMaxAttempts when not given); 1 turns
-// retries off. grpc-go allows at most 5.
+// fails with UNAVAILABLE, and how many replicas a call that replicas
+// refuse for load (OVERLOADED, QUEUE_FULL) is tried on at most
+// (DefaultMaxAttempts when not given); 1 turns both off. grpc-go allows at
+// most 5.
 func WithMaxAttempts(n int) Option {
 	return func(o *options) { o.maxAttempts = n }
 }
@@ -136,6 +140,17 @@ func WithoutHealthCheck() Option {
 // (WithGRPCDialOptions) sees.
 func OnStreamRetry(fn func(attempt int, err error)) Option {
 	return func(o *options) { o.onStreamRetry = fn }
+}
+
+// OnLoadRefusal calls fn each time a replica refuses a try of Generate,
+// GenerateStream or GenerateWithProgress for load (RESOURCE_EXHAUSTED
+// OVERLOADED or QUEUE_FULL, without QuotaFailure), before the client
+// decides whether the call moves to another replica: attempt is the
+// refused try (1 or more), replica the address of the replica that
+// refused (as grpc.Peer reports it), err the refusal. Refusals for a
+// tenant's quota are not reported: the call does not move for them.
+func OnLoadRefusal(fn func(attempt int, replica string, err error)) Option {
+	return func(o *options) { o.onLoadRefusal = fn }
 }
 
 // WithGRPCDialOptions adds grpc-go dial options after the client's own, for
