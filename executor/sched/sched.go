@@ -182,6 +182,10 @@ type Scheduler struct {
 	tenants map[string]*tenant
 	seq     uint64
 	workers int64
+	// vtime is the fair share's virtual time: the served time of the
+	// tenant dispatched last. A tenant that starts waiting begins there,
+	// so it cannot bank credit while idle.
+	vtime int64
 }
 
 // New returns a scheduler whose clock starts at now; every later time
@@ -283,6 +287,10 @@ func (s *Scheduler) Admit(now time.Time, j *Job) *Refusal {
 	j.state = jobQueued
 	j.Enqueued = now
 	s.queue.insert(j)
+	if ten.jobs == 0 {
+		ten.served = max(ten.served, s.vtime)
+	}
+	ten.waiting.insert(j)
 	ten.queued += int64(j.Planned)
 	ten.jobs++
 	return nil
@@ -352,30 +360,48 @@ func (s *Scheduler) nextFree(t int64) time.Duration {
 	return max(minRetryAfter, time.Duration(first))
 }
 
-// Next takes the job to start on an idle worker and marks it running. Jobs
-// at the head whose latest start has passed (Schedulable) leave the queue
-// unstarted and are returned in dropped, so that the caller answers them;
-// next is nil when nothing startable waits.
+// Next takes the job to start on an idle worker and marks it running.
+// Under Schedulable, every waiting job whose latest start has passed
+// leaves the queue first, unstarted, and is returned in dropped so that
+// the caller answers it; next is nil when nothing startable waits.
+//
+// The job is the head of the earliest-deadline-first order, unless the
+// least-served tenant's earliest job can go first without breaking a
+// promise: starting it now delays each job ahead of it in deadline order
+// by its planned run time over W, which Next checks against their
+// latest starts in O(log n). So tenants are served in turn while there is
+// slack, and in deadline order when there is not. (PointEstimate always
+// serves tenants in turn, as hourglass did before.)
 func (s *Scheduler) Next(now time.Time) (next *Job, dropped []*Job) {
 	t := s.tick(now)
-	for {
-		j := s.queue.first()
-		if j == nil {
-			return nil, dropped
-		}
-		s.dequeue(j)
-		if s.cfg.Policy == Schedulable && j.latest < t {
-			j.state = jobGone
-			dropped = append(dropped, j)
-			continue
-		}
-		j.state = jobRunning
-		j.started = t
-		j.Started = now
-		s.running = append(s.running, j)
-		s.tenant(j.Tenant).running++
-		return j, dropped
+	dropped = s.Unreachable(now)
+	head := s.queue.first()
+	if head == nil {
+		return nil, dropped
 	}
+	pick := head
+	if s.cfg.Policy != FIFO && len(s.tenants) > 1 {
+		if fair := s.fairCandidate(); fair != nil && fair != head {
+			if s.cfg.Policy == PointEstimate {
+				pick = fair
+			} else if minBefore := s.queue.minBefore(fair); minBefore == math.MaxInt64 ||
+				minBefore-int64(fair.Planned) >= s.workers*t+s.remainingWork(t) {
+				pick = fair
+			}
+		}
+	}
+	s.dequeue(pick)
+	pick.state = jobRunning
+	pick.started = t
+	pick.Started = now
+	s.running = append(s.running, pick)
+	ten := s.tenant(pick.Tenant)
+	ten.running++
+	s.vtime = ten.served
+	// At least a millisecond, so that jobs with no estimate yet still
+	// take turns.
+	ten.served += max(int64(pick.Planned), int64(time.Millisecond))
+	return pick, dropped
 }
 
 // Unreachable removes every waiting job whose latest start has passed
@@ -400,6 +426,7 @@ func (s *Scheduler) Unreachable(now time.Time) []*Job {
 func (s *Scheduler) dequeue(j *Job) {
 	s.queue.remove(j)
 	ten := s.tenant(j.Tenant)
+	ten.waiting.remove(j)
 	ten.queued -= int64(j.Planned)
 	ten.jobs--
 }

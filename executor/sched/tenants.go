@@ -23,15 +23,38 @@ type tenant struct {
 	jobs   int   // jobs waiting
 	// running counts its dispatched jobs.
 	running int
+	// waiting is its queued jobs, earliest deadline first, and served the
+	// planned work dispatched for it in virtual time (start-time fair
+	// queueing): dispatch prefers the least-served tenant when that keeps
+	// every promise.
+	waiting tree
+	served  int64
 }
 
 func (s *Scheduler) tenant(name string) *tenant {
 	t := s.tenants[name]
 	if t == nil {
-		t = &tenant{}
+		t = &tenant{waiting: tree{workers: 1}}
 		s.tenants[name] = t
 	}
 	return t
+}
+
+// fairCandidate is the earliest-deadline job of the least-served tenant
+// with waiting jobs (ties: the earlier head), nil when none waits.
+func (s *Scheduler) fairCandidate() *Job {
+	var best *tenant
+	var bestHead *Job
+	for _, t := range s.tenants {
+		if t.jobs == 0 {
+			continue
+		}
+		head := t.waiting.first()
+		if best == nil || t.served < best.served || (t.served == best.served && s.queue.before(head, bestHead)) {
+			best, bestHead = t, head
+		}
+	}
+	return bestHead
 }
 
 func (t *tenant) decay(now, window int64) {

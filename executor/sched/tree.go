@@ -199,6 +199,23 @@ func (t *tree) probe(j *Job) (count int, ahead int64, minAfter int64) {
 	return count, off, minAfter
 }
 
+// minBefore is the least key (W·latest(k) − work before k, over the whole
+// queue) of the jobs that run before j; MaxInt64 when none does.
+func (t *tree) minBefore(j *Job) int64 {
+	best := int64(math.MaxInt64)
+	var off int64
+	for n := t.root; n != nil; {
+		if !t.before(n.j, j) {
+			n = n.left
+			continue
+		}
+		best = min(best, sub(n.left.keyMin(), off), t.workers*n.j.latest-(off+n.left.sum()))
+		off += n.left.sum() + int64(n.j.Planned)
+		n = n.right
+	}
+	return best
+}
+
 // workBefore is the planned work of the jobs whose deadline is before
 // deadline (in fifo mode: all of them).
 func (t *tree) workBefore(deadline int64) int64 {
