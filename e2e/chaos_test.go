@@ -196,7 +196,10 @@ func (c chaosCall) documented() bool {
 		return true
 	case codes.DeadlineExceeded:
 		// "": the caller's own library ended the call at its deadline.
-		return c.reason == "" || c.reason == "DEADLINE_EXCEEDED" || c.reason == "DEADLINE_TOO_SHORT"
+		// DEADLINE_UNREACHABLE: admitted, then still queued at its latest
+		// start because a worker overran its plan (a kill, a slow step).
+		return c.reason == "" || c.reason == "DEADLINE_EXCEEDED" || c.reason == "DEADLINE_TOO_SHORT" ||
+			c.reason == "DEADLINE_UNREACHABLE"
 	case codes.Canceled:
 		return c.cancelled
 	case codes.ResourceExhausted:
@@ -1159,7 +1162,9 @@ func (s chaosSummary) String() string {
 		}
 		return ds
 	}
-	atDeadline := func(c chaosCall) bool { return c.code == codes.DeadlineExceeded && c.reason != "DEADLINE_TOO_SHORT" }
+	atDeadline := func(c chaosCall) bool {
+		return c.code == codes.DeadlineExceeded && c.reason != "DEADLINE_TOO_SHORT" && c.reason != "DEADLINE_UNREACHABLE"
+	}
 	row("lateness (answer - deadline)", "bound %v", chaosLateBound)
 	row("  caller, all calls", "%s", lateness(of(func(chaosCall) bool { return true })))
 	row("  caller, DEADLINE_EXCEEDED, own deadline", "%s", lateness(of(func(c chaosCall) bool { return atDeadline(c) && c.by == byCaller })))
