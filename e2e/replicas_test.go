@@ -2,7 +2,8 @@ package e2e
 
 // End-to-end tests of the Go SDK (package client) over several hourglassd
 // replicas on loopback: a replica killed with SIGKILL under load, a
-// draining replica, and retries that keep the seed. Each replica is a
+// draining replica, retries that keep the seed, and a saturated replica
+// whose refusals send calls to the others. Each replica is a
 // separate hourglassd with its own workers, as one per GPU host would be.
 //
 // Which replica got which try is seen from both sides: the client's view
@@ -86,6 +87,8 @@ type replicaAttempt struct {
 	code   codes.Code
 	reason string // of the ErrorInfo of a failed attempt
 	ended  bool
+	begin  time.Time
+	end    time.Time
 }
 
 type (
@@ -127,6 +130,8 @@ func (l *replicaAttempts) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch s := s.(type) {
+	case *stats.Begin:
+		a.begin = s.BeginTime
 	case *stats.OutHeader:
 		a.addr = s.RemoteAddr.String()
 	case *stats.OutPayload:
@@ -134,7 +139,7 @@ func (l *replicaAttempts) HandleRPC(ctx context.Context, s stats.RPCStats) {
 			a.seed = proto.Uint64(req.GetSeed())
 		}
 	case *stats.End:
-		a.ended, a.code, a.reason = true, status.Code(s.Error), client.Reason(s.Error)
+		a.ended, a.code, a.reason, a.end = true, status.Code(s.Error), client.Reason(s.Error), s.EndTime
 	}
 }
 
@@ -169,16 +174,17 @@ func (l *replicaAttempts) ofCall(id int) []replicaAttempt {
 }
 
 // newReplicaClient is an SDK client over every replica, recording its
-// attempts in log and counting the stream restarts in restarts.
-func newReplicaClient(t *testing.T, ds []*daemon, log *replicaAttempts, restarts *atomicCounter) *client.Client {
+// attempts in log and counting the stream restarts in restarts, with
+// options opts besides.
+func newReplicaClient(t *testing.T, ds []*daemon, log *replicaAttempts, restarts *atomicCounter, opts ...client.Option) *client.Client {
 	t.Helper()
 	addrs := make([]string, len(ds))
 	for i, d := range ds {
 		addrs[i] = d.addr
 	}
-	c, err := client.New(strings.Join(addrs, ","), client.WithInsecure(),
+	c, err := client.New(strings.Join(addrs, ","), append([]client.Option{client.WithInsecure(),
 		client.WithGRPCDialOptions(grpc.WithStatsHandler(log)),
-		client.OnStreamRetry(func(int, error) { restarts.add(1) }))
+		client.OnStreamRetry(func(int, error) { restarts.add(1) })}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -677,6 +683,191 @@ func TestReplicaRetryReusesSeed(t *testing.T) {
 		}
 		t.Fatal("no stream's first try went to replica A in 10 calls")
 	})
+}
+
+// A replica that refuses calls for load does not fail them: the client
+// moves each call it refuses to another replica at once, with the same
+// seed. The saturated replica has one worker and room for one queued job;
+// a long job runs there and another waits, so every new job gets
+// RESOURCE_EXHAUSTED QUEUE_FULL (or OVERLOADED). Every call made over the
+// three replicas succeeds, and those that reached the saturated one went
+// on to another without a backoff, as the client's OnLoadRefusal, its
+// stats handler and the saturated replica's own log agree.
+func TestReplicaRefusalMovesCall(t *testing.T) {
+	full := startDaemon(t, replicaYAML(1, 0, "queue:\n  max: 1\n"), replicaFaults)
+	ds := append([]*daemon{full}, startReplicas(t, 2, replicaYAML(1, 0, ""))...)
+	info := func() *hourglassv1.GetServerInfoResponse {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := full.client.GetServerInfo(ctx, &hourglassv1.GetServerInfoRequest{})
+		if err != nil {
+			t.Fatalf("GetServerInfo: %v", err)
+		}
+		return resp
+	}
+
+	// Two long jobs (150 steps of 100 ms) saturate the replica: the first
+	// runs, the second waits in the queue. They end when the test does.
+	longCtx, cancelLong := context.WithCancel(context.Background())
+	long := make(chan error, 2)
+	startLong := func() {
+		go func() {
+			ctx := metadata.AppendToOutgoingContext(longCtx, "hourglass-fault", "slow=100ms")
+			stream, err := full.client.GenerateStream(ctx, &hourglassv1.GenerateRequest{Prompt: "a long night",
+				Width: proto.Uint32(64), Height: proto.Uint32(64), Steps: proto.Uint32(150)})
+			for err == nil {
+				_, err = stream.Recv()
+			}
+			long <- err
+		}()
+	}
+	var longEnded []error
+	defer func() {
+		cancelLong()
+		for len(longEnded) < 2 {
+			longEnded = append(longEnded, <-long)
+		}
+		for _, err := range longEnded {
+			if status.Code(err) != codes.Canceled {
+				t.Errorf("a long job ended with %v; want CANCELLED when the test ended", err)
+			}
+		}
+	}()
+	noLongEnded := func() {
+		t.Helper()
+		select {
+		case err := <-long:
+			longEnded = append(longEnded, err)
+			t.Fatalf("a long job ended before the calls: %v", err)
+		default:
+		}
+	}
+	startLong()
+	waitFor(t, 20*time.Second, "the first long job to run", func() bool {
+		noLongEnded()
+		for _, w := range info().GetWorkers() {
+			if w.GetState() == hourglassv1.WorkerState_WORKER_STATE_BUSY {
+				return true
+			}
+		}
+		return false
+	})
+	startLong()
+	waitFor(t, 20*time.Second, "the second long job to wait in the queue", func() bool {
+		noLongEnded()
+		return info().GetQueueDepth() == 1
+	})
+	// The replica now refuses a job for load.
+	probeCtx, cancelProbe := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := full.client.Generate(probeCtx, replicaRequest(nil))
+	cancelProbe()
+	if reason := client.Reason(err); status.Code(err) != codes.ResourceExhausted ||
+		(reason != client.ReasonQueueFull && reason != client.ReasonOverloaded) || client.QuotaViolations(err) != nil {
+		t.Fatalf("a job sent to the saturated replica: %v (reason %q); want RESOURCE_EXHAUSTED QUEUE_FULL or OVERLOADED", err, client.Reason(err))
+	}
+
+	var (
+		log      replicaAttempts
+		restarts atomicCounter
+		refused  []loadRefusal
+		mu       sync.Mutex
+	)
+	c := newReplicaClient(t, ds, &log, &restarts, client.OnLoadRefusal(func(attempt int, replica string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		refused = append(refused, loadRefusal{attempt: attempt, replica: replica, err: err})
+	}))
+	refusals := func() []loadRefusal {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]loadRefusal(nil), refused...)
+	}
+	calls := 0
+	waitFor(t, 30*time.Second, "eight calls refused by the saturated replica", func() bool {
+		calls++
+		ctx, cancel := context.WithTimeout(replicaCallID(context.Background(), calls), 10*time.Second)
+		defer cancel()
+		if calls%2 == 0 {
+			_, err = c.Generate(ctx, replicaRequest(nil))
+		} else {
+			_, err = c.GenerateWithProgress(ctx, replicaRequest(nil), nil)
+		}
+		if err != nil {
+			t.Fatalf("call %d: %v (reason %q); want OK, moved off the saturated replica", calls, err, client.Reason(err))
+		}
+		return len(refusals()) >= 8
+	})
+	noLongEnded()
+
+	// Each refusal came from the saturated replica, on a call's first try.
+	for _, r := range refusals() {
+		if reason := client.Reason(r.err); r.replica != full.addr || r.attempt != 1 ||
+			(reason != client.ReasonQueueFull && reason != client.ReasonOverloaded) {
+			t.Errorf("OnLoadRefusal(%d, %s, %v); want the first try refused by %s for load", r.attempt, r.replica, r.err, full.addr)
+		}
+	}
+	// A call that reached it was refused there, then succeeded on another
+	// replica at once with the same seed; no call was served there.
+	moved := 0
+	for id := 1; id <= calls; id++ {
+		attempts := log.ofCall(id)
+		if len(attempts) == 0 || attempts[0].addr != full.addr {
+			if len(attempts) != 1 || attempts[0].code != codes.OK {
+				t.Errorf("call %d: attempts %+v; want one, OK, on another replica", id, attempts)
+			}
+			continue
+		}
+		moved++
+		if len(attempts) != 2 {
+			t.Errorf("call %d: attempts %+v; want two, refused on %s, then OK", id, attempts, full.addr)
+			continue
+		}
+		first, second := attempts[0], attempts[1]
+		if first.code != codes.ResourceExhausted || second.addr == full.addr || second.code != codes.OK {
+			t.Errorf("call %d: attempts %+v; want RESOURCE_EXHAUSTED on %s, then OK on another replica", id, attempts, full.addr)
+		}
+		if first.seed == nil || second.seed == nil || *first.seed != *second.seed {
+			t.Errorf("call %d: seeds %v then %v; want one", id, first.seed, second.seed)
+		}
+		// At once: the smallest retry backoff is 80 ms.
+		if gap := second.begin.Sub(first.end); gap > 80*time.Millisecond {
+			t.Errorf("call %d: moved %v after the refusal; want at once", id, gap)
+		}
+	}
+	if moved != len(refusals()) {
+		t.Errorf("%d calls moved off the saturated replica; OnLoadRefusal reported %d", moved, len(refusals()))
+	}
+	// The saturated replica's log agrees: it refused those calls (and the
+	// probe), and served none. Its log lines follow its answers.
+	var lines []replicaCallLine
+	waitFor(t, 10*time.Second, "the saturated replica to log every refusal", func() bool {
+		lines = replicaCalls(full, "")
+		return len(lines) >= moved+1
+	})
+	for _, l := range lines {
+		if l.Code != codes.ResourceExhausted.String() {
+			t.Errorf("the saturated replica logged a %s call with code %s; want only refusals", l.Method, l.Code)
+		}
+	}
+	if len(lines) != moved+1 {
+		t.Errorf("the saturated replica logged %d calls; want %d refusals and the probe", len(lines), moved)
+	}
+	if restarts.get() != 0 {
+		t.Errorf("%d stream restarts; want none (a move is not a restart)", restarts.get())
+	}
+	reasons := map[string]int{}
+	for _, r := range refusals() {
+		reasons[client.Reason(r.err)]++
+	}
+	t.Logf("%d calls over three replicas, all OK; %d refused by the saturated one (%v) and moved", calls, moved, reasons)
+}
+
+// loadRefusal is one report of client.OnLoadRefusal.
+type loadRefusal struct {
+	attempt int
+	replica string
+	err     error
 }
 
 // The CLI balances over its --addr list too: with one replica killed,
