@@ -110,8 +110,10 @@
 // one set WithDefaultTimeout; with WithDefaultTimeout(0) the client
 // refuses such a call with ErrNoDeadline instead. hourglassd caps every
 // deadline at its timeouts.max, answers DEADLINE_EXCEEDED at once when a
-// job cannot finish in time (ReasonDeadlineTooShort), and at the deadline
-// otherwise.
+// job cannot finish in time (ReasonDeadlineTooShort), at the job's latest
+// start when an admitted job can no longer finish because a worker overran
+// its plan (ReasonDeadlineUnreachable; the job never ran), and at the
+// deadline otherwise.
 //
 // # Security
 //
@@ -152,6 +154,7 @@
 //	status              reason (Reason)         details          helper
 //	DEADLINE_EXCEEDED   DEADLINE_EXCEEDED       steps done       IsDeadlineExceeded
 //	DEADLINE_EXCEEDED   DEADLINE_TOO_SHORT      estimate         IsDeadlineExceeded
+//	DEADLINE_EXCEEDED   DEADLINE_UNREACHABLE    estimate         IsDeadlineExceeded
 //	RESOURCE_EXHAUSTED  QUEUE_FULL, OVERLOADED  RetryInfo,       IsOverloaded, IsRetryable
 //	                                            (moved)
 //	RESOURCE_EXHAUSTED  TENANT_QUOTA_EXCEEDED   RetryInfo,       IsOverloaded, IsRetryable,

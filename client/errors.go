@@ -28,12 +28,19 @@ const (
 	// deadline even on an idle worker; metadata estimate_ms and
 	// remaining_ms. Ask for less, or give it more time.
 	ReasonDeadlineTooShort = "DEADLINE_TOO_SHORT"
+	// DEADLINE_EXCEEDED, before the deadline: the job was admitted but
+	// still waited at its latest start (its deadline minus its planned run
+	// time), because a worker overran its plan or failed; it left the
+	// queue without running. Metadata estimate_ms and remaining_ms.
+	ReasonDeadlineUnreachable = "DEADLINE_UNREACHABLE"
 	// RESOURCE_EXHAUSTED with RetryInfo: the server's queue is full. The
 	// client moves such a call to the other replicas before it returns
 	// this (see the package doc).
 	ReasonQueueFull = "QUEUE_FULL"
-	// RESOURCE_EXHAUSTED with RetryInfo: the queue ahead would make the job
-	// miss its deadline; RetryInfo is the expected wait. Another replica
+	// RESOURCE_EXHAUSTED with RetryInfo: with the work the server has
+	// already promised, the job (or one admitted before it) would miss its
+	// deadline, or the caller's tenant holds its fair share of the
+	// workers; RetryInfo is when a job like it would fit. Another replica
 	// may have room: the client moves the call there before it returns
 	// this (see the package doc).
 	ReasonOverloaded = "OVERLOADED"

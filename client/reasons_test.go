@@ -14,6 +14,7 @@ func TestReasonsMatchServer(t *testing.T) {
 		{client.ErrorDomain, server.ErrorDomain},
 		{client.ReasonDeadlineExceeded, server.ReasonDeadlineExceeded},
 		{client.ReasonDeadlineTooShort, server.ReasonDeadlineTooShort},
+		{client.ReasonDeadlineUnreachable, server.ReasonDeadlineUnreachable},
 		{client.ReasonQueueFull, server.ReasonQueueFull},
 		{client.ReasonOverloaded, server.ReasonOverloaded},
 		{client.ReasonTenantQuota, server.ReasonTenantQuota},
