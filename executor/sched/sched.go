@@ -301,6 +301,12 @@ func (s *Scheduler) check(t int64, j *Job, ten *tenant, remaining time.Duration)
 	if j.Planned > remaining {
 		return &Refusal{Reason: TooShort, Planned: j.Planned, Remaining: remaining}
 	}
+	if int64(len(s.running)) < s.workers && s.queue.Len() == 0 {
+		// A worker is idle and nothing waits: j starts now, ahead of no
+		// one (the fluid bound below would charge it a share of the
+		// running jobs' work for nothing).
+		return nil
+	}
 	w := s.workers
 	r := s.remainingWork(t)
 	_, ahead, minAfter := s.queue.probe(j)
