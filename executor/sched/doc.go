@@ -44,7 +44,7 @@
 // The estimator learns per model a rate (an exponentially weighted mean of
 // seconds per megapixel-step) and the distribution of actual ÷ mean run
 // time over the model's last 256 completed jobs. A job is planned with the
-// Config.Quantile (default 0.95) of that distribution times its mean, not
+// Config.Quantile (default 0.97) of that distribution times its mean, not
 // with the mean. A model with fewer than 20 completed jobs is planned with
 // ColdFactor (1.5) times the mean, or the observed quantile if larger. A
 // straggler moves the quantile by one sample in 256 and the rate by at

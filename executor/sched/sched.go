@@ -52,7 +52,7 @@ type Config struct {
 	// QueueMax is the most jobs that may wait while no worker is idle.
 	QueueMax int
 	// Quantile is the quantile of actual ÷ mean run time that plans a job
-	// (default 0.95). Ignored by PointEstimate, which plans with the mean.
+	// (default 0.97). Ignored by PointEstimate, which plans with the mean.
 	Quantile float64
 	// Overhead and SecondsPerMegapixelStep seed the estimator.
 	Overhead                time.Duration
@@ -63,7 +63,7 @@ type Config struct {
 }
 
 const (
-	defaultQuantile     = 0.95
+	defaultQuantile     = 0.97
 	defaultDemandWindow = 10 * time.Second
 	// minRetryAfter keeps a computed retry delay from being zero.
 	minRetryAfter = 10 * time.Millisecond
