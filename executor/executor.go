@@ -72,7 +72,7 @@ type Config struct {
 	// policy, for comparison).
 	Policy sched.Policy
 	// Quantile is the quantile of actual ÷ mean run time that plans a job
-	// (0: the scheduler's default, 0.95).
+	// (0: the scheduler's default, 0.97).
 	Quantile float64
 	// SecondsPerMegapixelStep and Overhead seed the run-time estimate; a
 	// zero rate means calibrate on a worker at start-up.
