@@ -114,11 +114,18 @@ demo: build
 # Benchmarks (cmd/hourglass-bench): `bench` rewrites BENCHMARKS.md and
 # docs/bench-*.png, a few minutes on 2 cores; `bench-smoke` runs every figure
 # tiny into a temporary directory and fails only if one was not produced.
-.PHONY: bench bench-smoke
+.PHONY: bench bench-smoke sim
 bench: build
 	go run ./cmd/hourglass-bench --bin bin
 bench-smoke: build
 	go run ./cmd/hourglass-bench --smoke --bin bin
+
+# The scheduling core's deterministic simulator: every policy on the same
+# million jobs per run, printed as markdown tables (under a minute on one
+# core; figure 6 of BENCHMARKS.md is the same experiments).
+SIM_FLAGS ?=
+sim:
+	go run ./cmd/hourglass-sim $(SIM_FLAGS)
 
 # A short run of every fuzz target (issue 8); the seed corpora live in each
 # package's testdata/fuzz. FUZZTIME=5m for a real session.
@@ -128,3 +135,4 @@ fuzz-smoke:
 	go test -run '^$$' -fuzz '^FuzzRequest$$' -fuzztime $(FUZZTIME) ./server
 	go test -run '^$$' -fuzz '^FuzzLoad$$' -fuzztime $(FUZZTIME) ./internal/config
 	go test -run '^$$' -fuzz '^FuzzWorkerEvents$$' -fuzztime $(FUZZTIME) ./executor
+	go test -run '^$$' -fuzz '^FuzzWorkload$$' -fuzztime $(FUZZTIME) ./executor/sched/sim

@@ -7,15 +7,17 @@
 // Nothing here asserts a speed: --smoke runs every figure tiny and only
 // checks that each figure and the report were produced.
 //
-//	hourglass-bench [--smoke] [--bin DIR] [--out DIR] [--figures 1,2,3,4,5]
+//	hourglass-bench [--smoke] [--bin DIR] [--out DIR] [--figures 1,2,3,4,5,6]
 //
 // Figures:
 //
 //  1. overhead of hourglassd over a bare grpc-go unary echo server
 //  2. post-deadline work: deadline → worker slot free again
 //  3. capacity restore: worker kill → ready worker, with and without spares
-//  4. goodput under overload: hourglass defaults vs the naive FIFO pool
+//  4. goodput and kept promises under overload: hourglass defaults vs the
+//     previous point-estimate policy vs the naive FIFO pool
 //  5. scale: the executor's queue at 100 … 10,000 waiting jobs
+//  6. simulation: the scheduling core over millions of simulated jobs
 package main
 
 import (
@@ -98,13 +100,13 @@ func run(args []string) int {
 	fs.StringVar(&o.binDir, "bin", "", "`directory` holding hourglassd and hourglass-worker (default: build them into a temporary directory)")
 	fs.StringVar(&o.outDir, "out", "", "`directory` to write BENCHMARKS.md and docs/*.png into (default: the module root; with --smoke a temporary directory)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, server logs)")
-	fs.StringVar(&figures, "figures", "1,2,3,4,5", "comma-separated `list` of figures to run")
+	fs.StringVar(&figures, "figures", "1,2,3,4,5,6", "comma-separated `list` of figures to run")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	for _, f := range strings.Split(figures, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 || n > 5 {
+		if err != nil || n < 1 || n > 6 {
 			fmt.Fprintf(os.Stderr, "hourglass-bench: bad figure %q in --figures\n", f)
 			return 2
 		}
@@ -199,7 +201,7 @@ func moduleRoot() (string, error) {
 // section and the run goes on; an interrupt stops it.
 func (h *harness) runFigures() error {
 	figs := map[int]func(*section) error{
-		1: h.figOverhead, 2: h.figPostDeadline, 3: h.figRestore, 4: h.figGoodput, 5: h.figScale,
+		1: h.figOverhead, 2: h.figPostDeadline, 3: h.figRestore, 4: h.figGoodput, 5: h.figScale, 6: h.figSim,
 	}
 	for _, n := range h.opts.figures {
 		s := &section{figure: n}

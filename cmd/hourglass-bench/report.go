@@ -159,7 +159,7 @@ func (h *harness) invocation() string {
 	if h.opts.binDir != "" {
 		args = append(args, "--bin", h.opts.binDir)
 	}
-	if len(h.opts.figures) != 5 {
+	if len(h.opts.figures) != 6 {
 		var f []string
 		for _, n := range h.opts.figures {
 			f = append(f, fmt.Sprint(n))
