@@ -248,6 +248,15 @@ func (h *harness) figGoodput(s *section) error {
 			}
 		}
 	}
+	feasible := 1 - deadlineMix[0].share
+	var bound plotter.XYs
+	for _, k := range []float64{0.8, 1, 1 / feasible, 2, 3, 4, 4.2} {
+		bound = append(bound, plotter.XY{X: k, Y: min(k*feasible, 1)})
+	}
+	slices.SortFunc(bound, func(a, b plotter.XY) int { return int((a.X - b.X) * 1000) })
+	if err := dashedLine(p1, "upper bound: min(1, offered × feasible share)", bound, colRef); err != nil {
+		return err
+	}
 	p1.Legend.Top, p1.Legend.Left = true, false
 	top := 1.0
 	for _, r := range runs {
