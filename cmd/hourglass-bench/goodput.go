@@ -340,7 +340,7 @@ func (h *harness) figGoodput(s *section) error {
 		"so the capacity is CPU time, and the server's and client's own work at 4× load (thousands of calls refused per second, each costing the CPU above) takes some of it from the workers. " +
 		"The capacity is measured on the hourglass server in a closed loop, where the queue never runs dry; the open-loop runs leave workers idle when Poisson arrivals of the feasible classes pause, " +
 		"and a fifth of the offered work is impossible by construction. " +
-		"hourglass admits a job only if, by the planned run times (the 0.95 quantile of each model's learned actual ÷ mean run time), it and every job admitted before it finish in time; " +
+		"hourglass admits a job only if, by the planned run times (the 0.97 quantile of each model's learned actual ÷ mean run time), it and every job admitted before it finish in time; " +
 		"a job whose latest start passes in the queue leaves it unstarted (`DEADLINE_UNREACHABLE`). " +
 		"What it still loses is run-time noise beyond the quantile: the CPU workers' run times vary with the load of the machine itself, which the estimator learns only as it happens. " +
 		"The previous policy planned with the mean, checked only the new job's own wait and started every job it dispatched, so a tight job admitted late pushed earlier ones past their deadlines. " +
