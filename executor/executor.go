@@ -177,6 +177,10 @@ type Executor struct {
 	// spares over the GPUs.
 	startingSpareGPUs []string
 	spawned           int // processes ever started, names the next socket
+	// launcher starts worker processes and clock times supervision: the
+	// real ones in production, fakes in the supervision tests.
+	launcher launcher
+	clock    clock
 	// sch is the scheduling core: every admission, queue and dispatch
 	// decision. Guarded by mu.
 	sch *sched.Scheduler
@@ -195,11 +199,17 @@ type Executor struct {
 // first fails, in which case everything is stopped: a worker command that
 // cannot start is a configuration error, better reported than retried).
 func New(ctx context.Context, cfg Config) (*Executor, error) {
+	return newExecutor(ctx, cfg, nil, realClock{})
+}
+
+// newExecutor is New with the process layer and the clock given; a nil
+// launcher starts cfg.Command for real.
+func newExecutor(ctx context.Context, cfg Config, l launcher, clk clock) (*Executor, error) {
 	cfg.setDefaults()
 	if cfg.Workers < 1 {
 		return nil, errors.New("executor: need at least one worker")
 	}
-	if len(cfg.Command) == 0 {
+	if l == nil && len(cfg.Command) == 0 {
 		return nil, errors.New("executor: empty worker command")
 	}
 	// MkdirTemp creates the directory 0700: only this user may reach the
@@ -209,7 +219,7 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		return nil, fmt.Errorf("executor: create runtime dir: %w", err)
 	}
 	e := &Executor{
-		cfg: cfg, log: cfg.Logger, dir: dir, stop: make(chan struct{}),
+		cfg: cfg, log: cfg.Logger, dir: dir, stop: make(chan struct{}), launcher: l, clock: clk,
 		sch: sched.New(sched.Config{Policy: policyOf(cfg), Workers: cfg.Workers, QueueMax: cfg.QueueMax,
 			Quantile: cfg.Quantile, Overhead: cfg.Overhead, SecondsPerMegapixelStep: cfg.SecondsPerMegapixelStep}, time.Now()),
 	}
@@ -224,6 +234,10 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("executor: metrics: %w", err)
 	}
+	if e.launcher == nil {
+		e.launcher = processLauncher{dir: dir, command: cfg.Command, logs: cfg.WorkerLogs, start: cfg.WorkerStart,
+			tracerProvider: e.tracerProvider(), meterProvider: e.meterProvider()}
+	}
 
 	errs := make(chan error, len(e.slots))
 	for _, s := range e.slots {
@@ -232,8 +246,8 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 			if err == nil {
 				e.mu.Lock()
 				s.w, s.state = w, StateReady
-				if !w.proc.alive() { // died before watch could see it ready
-					err = fmt.Errorf("worker %s exited right after it started serving: %v", w.name, w.proc.waitErr)
+				if !alive(w.proc) { // died before watch could see it ready
+					err = fmt.Errorf("worker %s exited right after it started serving: %v", w.name, w.proc.Err())
 				}
 				e.mu.Unlock()
 			}

@@ -11,6 +11,34 @@ import (
 	"time"
 )
 
+// workerProcess is what supervision needs of a worker's OS process. The
+// real one is *process; the supervision tests use a fake, so that the
+// state machine (kill, reap, replace, back off) is tested without starting
+// programs.
+type workerProcess interface {
+	// PID is the process id, for logs and status.
+	PID() int
+	// Exited is closed once the process has exited and been reaped.
+	Exited() <-chan struct{}
+	// Err is the exit status; read it only after Exited is closed.
+	Err() error
+	// Kill SIGKILLs the process group and waits until it is reaped.
+	Kill()
+	// Stop asks the process to exit (SIGTERM) and kills its group after
+	// grace.
+	Stop(grace time.Duration)
+}
+
+// alive reports whether p has not exited yet.
+func alive(p workerProcess) bool {
+	select {
+	case <-p.Exited():
+		return false
+	default:
+		return true
+	}
+}
+
 // process is one worker process, the leader of its own process group.
 //
 // Two mechanisms make sure no worker outlives hourglassd:
@@ -96,12 +124,8 @@ func (p *process) stop(grace time.Duration) {
 	p.kill()
 }
 
-// alive reports whether the process has not exited yet.
-func (p *process) alive() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
+func (p *process) PID() int                 { return p.pid }
+func (p *process) Exited() <-chan struct{}  { return p.exited }
+func (p *process) Err() error               { return p.waitErr }
+func (p *process) Kill()                    { p.kill() }
+func (p *process) Stop(grace time.Duration) { p.stop(grace) }

@@ -116,13 +116,13 @@ func (e *Executor) Status() Status {
 	for _, s := range e.slots {
 		ws := WorkerStatus{ID: s.id, State: s.state, JobsDone: s.jobsDone, Restarts: s.restarts, GPU: s.gpu}
 		if s.w != nil {
-			ws.PID, ws.Device = s.w.proc.pid, s.w.desc.GetDevice()
+			ws.PID, ws.Device = s.w.proc.PID(), s.w.desc.GetDevice()
 		}
 		st.Workers = append(st.Workers, ws)
 	}
 	for i, w := range e.spares {
 		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", i), State: StateReady,
-			PID: w.proc.pid, Device: w.desc.GetDevice(), Spare: true, GPU: w.gpu})
+			PID: w.proc.PID(), Device: w.desc.GetDevice(), Spare: true, GPU: w.gpu})
 	}
 	for i := range e.sparesStarting {
 		st.Workers = append(st.Workers, WorkerStatus{ID: fmt.Sprintf("spare%d", len(e.spares)+i), State: StateStarting, Spare: true})
@@ -255,7 +255,7 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 	start := time.Now()
 	ctx, span := e.tracer.Start(j.ctx, "hourglass.execute", trace.WithAttributes(
 		attribute.String("hourglass.worker.id", s.id),
-		attribute.Int("hourglass.worker.pid", w.proc.pid),
+		attribute.Int("hourglass.worker.pid", w.proc.PID()),
 		attribute.String("hourglass.tenant", j.tenant),
 		attribute.String("hourglass.job.id", j.spec.GetId()),
 		attribute.String("hourglass.model", j.spec.GetModel()),
@@ -292,10 +292,10 @@ func (e *Executor) runJob(s *slot, w *workerProc, j *job) {
 			span.AddEvent("worker idle")
 			break
 		}
-		if w.proc.alive() {
+		if alive(w.proc) {
 			span.AddEvent("grace expired")
 			e.log.Warn("worker did not stop within the cancel grace; killing its process group",
-				"job", j.spec.GetId(), "worker", s.id, "pid", w.proc.pid, "grace", e.cfg.CancelGrace)
+				"job", j.spec.GetId(), "worker", s.id, "pid", w.proc.PID(), "grace", e.cfg.CancelGrace)
 		}
 		reason = killCancelGrace
 		if out == workerWedged {
@@ -360,7 +360,7 @@ func (e *Executor) call(parent context.Context, s *slot, w *workerProc, j *job) 
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
 	// Every event is a heartbeat; a busy worker silent for longer is wedged.
-	heartbeat := time.AfterFunc(e.cfg.Heartbeat, func() { cancel(errWedged) })
+	heartbeat := e.clock.AfterFunc(e.cfg.Heartbeat, func() { cancel(errWedged) })
 	defer heartbeat.Stop()
 
 	stream, err := w.client.Run(ctx, &workerv1.RunRequest{Job: spec})
@@ -429,7 +429,7 @@ func (j *job) onWorkerEvent(msg *workerv1.RunResponse, images []*hourglassv1.Ima
 func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job, err error) (outcome, error) {
 	done := j.stepsDone.Load()
 	if errors.Is(context.Cause(ctx), errWedged) {
-		e.log.Warn("worker wedged: no event within the heartbeat; cancelling", "worker", s.id, "pid", w.proc.pid,
+		e.log.Warn("worker wedged: no event within the heartbeat; cancelling", "worker", s.id, "pid", w.proc.PID(),
 			"heartbeat", e.cfg.Heartbeat, "job", j.spec.GetId())
 		return workerWedged, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
 			Msg: fmt.Sprintf("worker %s sent no progress for %v after %d of %d steps and was replaced; safe to retry with the same seed",
@@ -458,10 +458,10 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 		// The connection broke: the process died or is about to. Give it
 		// the grace to be reaped; a live worker that broke its connection
 		// is replaced all the same.
-		t := time.NewTimer(e.cfg.CancelGrace)
+		t := e.clock.NewTimer(e.cfg.CancelGrace)
 		select {
-		case <-w.proc.exited:
-		case <-t.C:
+		case <-w.proc.Exited():
+		case <-t.C():
 		}
 		t.Stop()
 		return workerCrashed, &Error{Kind: KindWorkerCrashed, StepsDone: done, StepsTotal: j.stepsTotal,
@@ -472,9 +472,9 @@ func (e *Executor) classify(ctx context.Context, s *slot, w *workerProc, j *job,
 	}
 }
 
-func exitCause(p *process, err error) error {
-	if !p.alive() && p.waitErr != nil {
-		return fmt.Errorf("%w (process: %v)", err, p.waitErr)
+func exitCause(p workerProcess, err error) error {
+	if !alive(p) && p.Err() != nil {
+		return fmt.Errorf("%w (process: %v)", err, p.Err())
 	}
 	return err
 }
@@ -482,12 +482,10 @@ func exitCause(p *process, err error) error {
 // waitIdle polls the worker until it reports no job, for at most the cancel
 // grace. It reports false when the worker is still busy or has died.
 func (e *Executor) waitIdle(w *workerProc) bool {
-	deadline := time.Now().Add(e.cfg.CancelGrace)
-	tick := time.NewTicker(idlePollInterval)
-	defer tick.Stop()
+	deadline := e.clock.Now().Add(e.cfg.CancelGrace)
 	for {
-		remaining := time.Until(deadline)
-		if remaining <= 0 || !w.proc.alive() {
+		remaining := deadline.Sub(e.clock.Now())
+		if remaining <= 0 || !alive(w.proc) {
 			return false
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), remaining)
@@ -496,11 +494,14 @@ func (e *Executor) waitIdle(w *workerProc) bool {
 		if err == nil && !d.GetBusy() {
 			return true
 		}
+		t := e.clock.NewTimer(min(idlePollInterval, remaining))
 		select {
-		case <-tick.C:
-		case <-w.proc.exited:
+		case <-t.C():
+		case <-w.proc.Exited():
+			t.Stop()
 			return false
 		case <-e.stop:
+			t.Stop()
 			return false
 		}
 	}
@@ -513,7 +514,7 @@ func (e *Executor) waitIdle(w *workerProc) bool {
 //
 // It reports whether a hot spare took over at once.
 func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
-	now := time.Now()
+	now := e.clock.Now()
 	e.countReplacement(why)
 	s.w = nil
 	s.restarts++
@@ -529,7 +530,7 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	go func() {
 		defer e.wg.Done()
 		w.kill()
-		e.log.Info("worker killed", "worker", s.id, "process", w.name, "pid", w.proc.pid, "why", why, "exit", fmt.Sprint(w.proc.waitErr))
+		e.log.Info("worker killed", "worker", s.id, "process", w.name, "pid", w.proc.PID(), "why", why, "exit", fmt.Sprint(w.proc.Err()))
 	}()
 
 	delay := time.Duration(0)
@@ -540,7 +541,7 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 		s.w = e.spares[i]
 		e.spares = slices.Delete(e.spares, i, i+1)
 		s.state = StateReady
-		e.log.Info("hot spare took over", "worker", s.id, "process", s.w.name, "pid", s.w.proc.pid)
+		e.log.Info("hot spare took over", "worker", s.id, "process", s.w.name, "pid", s.w.proc.PID())
 		e.refillSparesLocked()
 		e.dispatchLocked()
 		e.changedLocked()
@@ -566,8 +567,8 @@ func (e *Executor) countReplacement(why string) {
 // while busy, cancelling or not yet placed was not seen by watch (which
 // acts only on ready workers and spares): it is replaced instead.
 func (e *Executor) readyLocked(s *slot) {
-	if !s.w.proc.alive() {
-		e.log.Warn("worker died before it was ready again", "worker", s.id, "pid", s.w.proc.pid)
+	if !alive(s.w.proc) {
+		e.log.Warn("worker died before it was ready again", "worker", s.id, "pid", s.w.proc.PID())
 		e.replaceLocked(s, s.w, killIdleDeath)
 		return
 	}
@@ -582,7 +583,7 @@ func (e *Executor) readyLocked(s *slot) {
 // would stay listed as ready and fail the next job.
 func (e *Executor) watch(w *workerProc) {
 	defer e.wg.Done()
-	<-w.proc.exited
+	<-w.proc.Exited()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -590,7 +591,7 @@ func (e *Executor) watch(w *workerProc) {
 	}
 	if i := slices.Index(e.spares, w); i >= 0 {
 		e.spares = slices.Delete(e.spares, i, i+1)
-		e.log.Warn("spare worker died", "process", w.name, "pid", w.proc.pid, "exit", fmt.Sprint(w.proc.waitErr))
+		e.log.Warn("spare worker died", "process", w.name, "pid", w.proc.PID(), "exit", fmt.Sprint(w.proc.Err()))
 		e.countReplacement(killIdleDeath)
 		w.release()
 		e.refillSparesLocked()
@@ -598,7 +599,7 @@ func (e *Executor) watch(w *workerProc) {
 	}
 	for _, s := range e.slots {
 		if s.w == w && s.state == StateReady {
-			e.log.Warn("idle worker died", "worker", s.id, "pid", w.proc.pid, "exit", fmt.Sprint(w.proc.waitErr))
+			e.log.Warn("idle worker died", "worker", s.id, "pid", w.proc.PID(), "exit", fmt.Sprint(w.proc.Err()))
 			e.replaceLocked(s, w, killIdleDeath)
 			return
 		}
@@ -698,7 +699,7 @@ func (e *Executor) startSpare(gpu string) {
 		}
 		if err == nil {
 			e.spareStartedLocked(gpu)
-			if w.proc.alive() {
+			if alive(w.proc) {
 				e.spares = append(e.spares, w)
 			} else {
 				// Died between serving and here, unseen by watch (it
@@ -732,10 +733,10 @@ func (e *Executor) sleep(d time.Duration) bool {
 			return true
 		}
 	}
-	t := time.NewTimer(d)
+	t := e.clock.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-t.C:
+	case <-t.C():
 		return true
 	case <-e.stop:
 		return false

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
@@ -25,41 +29,54 @@ const maxWorkerMessage = 256 << 20
 // the gRPC connection to it. Slots and the spare pool hold these.
 type workerProc struct {
 	name   string // p0, p1, ...: unique per process, names its socket
-	socket string
-	proc   *process
-	conn   *grpc.ClientConn
+	socket string // removed on release; empty when there is none
+	proc   workerProcess
+	conn   io.Closer // the connection behind client; nil when none
 	client workerv1.WorkerServiceClient
 	desc   *workerv1.DescribeResponse
 	gpu    string // its CUDA_VISIBLE_DEVICES, empty when none was set
 }
 
-// spawn starts a worker process with a fresh socket and returns once it
-// serves (Describe answers), or fails when it exits, the start timeout
-// passes or the executor closes.
-func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
-	e.mu.Lock()
-	name := fmt.Sprintf("p%d", e.spawned)
-	e.spawned++
-	e.mu.Unlock()
-	socket := filepath.Join(e.dir, name+".sock")
-	argv := append(append([]string(nil), e.cfg.Command...), "--socket", socket)
+// launcher starts worker processes. The real one (processLauncher) runs
+// the configured command in its own process group on a fresh Unix socket;
+// the supervision tests use a fake one whose workers are scripted.
+type launcher interface {
+	// launch starts the worker named name for gpu and returns it once it
+	// serves, or fails when it exits, the start timeout passes, ctx ends or
+	// stop is closed.
+	launch(ctx context.Context, name, gpu string, stop <-chan struct{}) (*workerProc, error)
+}
+
+// processLauncher starts the real worker program.
+type processLauncher struct {
+	dir            string // the private runtime directory holding the sockets
+	command        []string
+	logs           io.Writer
+	start          time.Duration
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+}
+
+func (l processLauncher) launch(ctx context.Context, name, gpu string, stop <-chan struct{}) (*workerProc, error) {
+	socket := filepath.Join(l.dir, name+".sock")
+	argv := append(append([]string(nil), l.command...), "--socket", socket)
 	env := []string{"HOURGLASS_WORKER_SOCKET=" + socket}
 	if gpu != "" {
 		env = append(env, "CUDA_VISIBLE_DEVICES="+gpu)
 	}
-	p, err := startProcess(argv, env, e.cfg.WorkerLogs)
+	p, err := startProcess(argv, env, l.logs)
 	if err != nil {
 		return nil, err
 	}
 	w := &workerProc{name: name, socket: socket, proc: p, gpu: gpu}
-	w.conn, err = grpc.NewClient("unix://"+socket,
+	conn, err := grpc.NewClient("unix://"+socket,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxWorkerMessage)),
 		// Client spans of worker calls carry the caller's trace context to
 		// the worker process (W3C traceparent in the gRPC metadata).
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
-			otelgrpc.WithTracerProvider(e.tracerProvider()),
-			otelgrpc.WithMeterProvider(e.meterProvider()),
+			otelgrpc.WithTracerProvider(l.tracerProvider),
+			otelgrpc.WithMeterProvider(l.meterProvider),
 			otelgrpc.WithPropagators(telemetry.Propagator()),
 		)),
 		// The socket appears a few milliseconds after the process starts;
@@ -72,14 +89,14 @@ func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 		p.kill()
 		return nil, fmt.Errorf("worker %s: dial %s: %w", name, socket, err)
 	}
-	w.client = workerv1.NewWorkerServiceClient(w.conn)
+	w.conn, w.client = conn, workerv1.NewWorkerServiceClient(conn)
 
-	ctx, cancel := context.WithTimeout(ctx, e.cfg.WorkerStart)
+	ctx, cancel := context.WithTimeout(ctx, l.start)
 	defer cancel()
 	go func() {
 		select {
 		case <-p.exited:
-		case <-e.stop:
+		case <-stop:
 		case <-ctx.Done():
 		}
 		cancel()
@@ -90,7 +107,21 @@ func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 		if p.waitErr != nil {
 			return nil, fmt.Errorf("worker %s exited while starting (%v): %w", name, p.waitErr, err)
 		}
-		return nil, fmt.Errorf("worker %s: not serving within %v: %w", name, e.cfg.WorkerStart, err)
+		return nil, fmt.Errorf("worker %s: not serving within %v: %w", name, l.start, err)
+	}
+	return w, nil
+}
+
+// spawn starts a worker and returns once it serves, registered with the
+// executor (watched for an idle death), or fails.
+func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
+	e.mu.Lock()
+	name := fmt.Sprintf("p%d", e.spawned)
+	e.spawned++
+	e.mu.Unlock()
+	w, err := e.launcher.launch(ctx, name, gpu, e.stop)
+	if err != nil {
+		return nil, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -100,20 +131,20 @@ func (e *Executor) spawn(ctx context.Context, gpu string) (*workerProc, error) {
 	}
 	e.wg.Add(1)
 	go e.watch(w)
-	e.log.Info("worker process ready", "process", name, "pid", p.pid, "device", w.desc.GetDevice(), "gpu", gpu)
+	e.log.Info("worker process ready", "process", name, "pid", w.proc.PID(), "device", w.desc.GetDevice(), "gpu", gpu)
 	return w, nil
 }
 
 // kill SIGKILLs the worker's process group, reaps it, and releases the
 // connection and socket file.
 func (w *workerProc) kill() {
-	w.proc.kill()
+	w.proc.Kill()
 	w.release()
 }
 
 // stop asks the worker to exit (SIGTERM), kills its group after grace.
 func (w *workerProc) stop(grace time.Duration) {
-	w.proc.stop(grace)
+	w.proc.Stop(grace)
 	w.release()
 }
 
@@ -122,5 +153,7 @@ func (w *workerProc) release() {
 		_ = w.conn.Close()
 	}
 	// A killed worker cannot remove its own socket.
-	_ = os.Remove(w.socket)
+	if w.socket != "" {
+		_ = os.Remove(w.socket)
+	}
 }
