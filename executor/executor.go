@@ -7,6 +7,15 @@
 // It returns typed outcomes (*Error); mapping them to gRPC statuses is the
 // server's business.
 //
+// The parts: executor.go is the Run call's life (admission through the
+// core, waiting, answering at the deadline); dispatch.go hands jobs to idle
+// slots and runs the worker call; supervise.go is what happens to a worker
+// afterwards (idle, cancelled, killed, replaced, held back). Supervision
+// reaches processes only through the launcher and workerProcess
+// interfaces and time only through clock, so its state machine is tested
+// with fakes and virtual time (supervise_test.go) and with real processes
+// (pool_test.go).
+//
 // The promises it keeps:
 //   - Run returns when the job's context ends, at the deadline, never later
 //     because a worker is slow or a queue is long.
