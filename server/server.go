@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
@@ -130,6 +131,27 @@ func New(opts Options) (*Server, error) {
 		grpc.ForceServerCodecV2(newLenientCodec()),
 		// Bounded metadata: see config.Limits.MaxMetadataBytes.
 		grpc.MaxHeaderListSize(uint32(opts.Config.Limits.MaxMetadataBytes)),
+		// Bounded requests, refused by the transport before decoding, and
+		// bounded calls per connection: see config.Limits.
+		grpc.MaxRecvMsgSize(opts.Config.Limits.MaxRequestBytes),
+		grpc.MaxConcurrentStreams(opts.Config.Limits.MaxStreamsPerConnection),
+		// Fixed flow-control windows (which turns off grpc-go's dynamic
+		// window growth, up to 16 MiB per connection): a connection can
+		// have at most a request's worth of unread bytes per call and
+		// twice that in all buffered here, however fast its client sends.
+		grpc.InitialWindowSize(int32(opts.Config.Limits.MaxRequestBytes)),
+		grpc.InitialConnWindowSize(int32(2 * opts.Config.Limits.MaxRequestBytes)),
+		// Keepalive, explicit: clients may ping every 10 s, with or without
+		// calls (more often is answered GOAWAY "too_many_pings"); the
+		// server pings a connection silent for a minute and closes it when
+		// the ping is not answered in 20 s (a dead peer, a stalled
+		// client), and closes connections idle for limits.idle_timeout.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: opts.Config.Limits.IdleTimeout,
+			Time: time.Minute, Timeout: 20 * time.Second}),
+		// A client that connects and does not complete the handshake
+		// (TLS, the HTTP/2 preface) in time is disconnected.
+		grpc.ConnectionTimeout(opts.Config.Limits.HandshakeTimeout),
 		// Job calls' transport streams end at the capped deadline too.
 		grpc.InTapHandle(deadlines.tap),
 		// The stats handler runs before every interceptor: each call has

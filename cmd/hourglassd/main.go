@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -152,6 +153,12 @@ func serve(log *slog.Logger, cfg config.Config, sec *security, command []string,
 		return fmt.Errorf("telemetry: %w", err)
 	}
 	tel.SetGlobal(log)
+	// The soft memory limit: limits.memory_soft_limit_bytes, unless the
+	// environment sets GOMEMLIMIT, which the runtime has applied already
+	// and which wins, as it does for every Go program.
+	if limit := cfg.Limits.MemorySoftLimitBytes; limit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(limit)
+	}
 	defer func() {
 		shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -143,7 +143,41 @@ type Limits struct {
 	// refuse to send them (INTERNAL "header list size to send violates the
 	// maximum size … set by server"), and other clients get RST_STREAM.
 	MaxMetadataBytes int `yaml:"max_metadata_bytes"`
+	// MaxRequestBytes bounds one request message, enforced by the gRPC
+	// transport before the message is decoded: a larger one is answered
+	// RESOURCE_EXHAUSTED at once and its bytes are discarded as they
+	// arrive. The default, DefaultMaxRequestBytes, is derived from the
+	// API's own limits: the largest valid GenerateRequest (two prompts of
+	// 4,000 characters at 4 bytes each, 16 styles of 64 characters, a
+	// 128-character model name, the scalar fields) is about 37 KB, so a
+	// valid request fits with more than 3× headroom, and a request a
+	// thousand times larger never costs a thousand times the memory.
+	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// MaxStreamsPerConnection bounds the calls one HTTP/2 connection may
+	// have open at once (grpc.MaxConcurrentStreams); a client that opens
+	// more waits for one to end.
+	MaxStreamsPerConnection uint32 `yaml:"max_streams_per_connection"`
+	// IdleTimeout closes (GOAWAY) a connection that has had no call for
+	// this long. A call that stalls is ended by its own deadline.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// HandshakeTimeout disconnects a client that has not completed the
+	// connection's handshake (TLS, then the HTTP/2 preface and settings)
+	// within it: a stalled or silent client holds no connection longer.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// MemorySoftLimitBytes is the Go runtime's soft memory limit (as
+	// GOMEMLIMIT sets it): near it the garbage collector works harder
+	// rather than letting the heap grow. 0 leaves the runtime's own
+	// (GOMEMLIMIT from the environment, or none).
+	MemorySoftLimitBytes int64 `yaml:"memory_soft_limit_bytes"`
 }
+
+// Request-size limits: DefaultMaxRequestBytes is limits.max_request_bytes's
+// default; below MinRequestBytes a valid request might not fit.
+const (
+	DefaultMaxRequestBytes = 128 << 10
+	MinRequestBytes        = 40 << 10
+	MaxRequestBytesCeiling = 64 << 20
+)
 
 // Bounds of limits.max_metadata_bytes: below the lower one, ordinary
 // metadata (authorization, traceparent, baggage, grpc-go's own headers)
@@ -205,7 +239,9 @@ func Default() Config {
 		// both fit; anything larger is refused at once.
 		// 64 KiB of metadata: Envoy's default limit is 60 KiB, so
 		// anything that crossed a proxy fits.
-		Limits:       Limits{MaxCostPixelSteps: 1 << 30, MaxMetadataBytes: 64 << 10},
+		Limits: Limits{MaxCostPixelSteps: 1 << 30, MaxMetadataBytes: 64 << 10, MaxRequestBytes: DefaultMaxRequestBytes,
+			MaxStreamsPerConnection: 128, IdleTimeout: 5 * time.Minute, HandshakeTimeout: 10 * time.Second,
+			MemorySoftLimitBytes: 1 << 30},
 		Admission:    Admission{Enabled: true, Quantile: 0.97, Policy: "schedulable"},
 		Cancellation: Cancellation{Enabled: true},
 	}
@@ -301,6 +337,16 @@ func (c Config) Validate() error {
 		return invalid("limits.max_cost_pixel_steps", "must be positive")
 	case c.Limits.MaxMetadataBytes < MinMetadataBytes || c.Limits.MaxMetadataBytes > MaxMetadataBytes:
 		return invalid("limits.max_metadata_bytes", "%d is outside %d..%d", c.Limits.MaxMetadataBytes, MinMetadataBytes, MaxMetadataBytes)
+	case c.Limits.MaxRequestBytes < MinRequestBytes || c.Limits.MaxRequestBytes > MaxRequestBytesCeiling:
+		return invalid("limits.max_request_bytes", "%d is outside %d..%d", c.Limits.MaxRequestBytes, MinRequestBytes, MaxRequestBytesCeiling)
+	case c.Limits.MaxStreamsPerConnection == 0:
+		return invalid("limits.max_streams_per_connection", "must be positive")
+	case c.Limits.IdleTimeout <= 0:
+		return invalid("limits.idle_timeout", "%v must be positive", c.Limits.IdleTimeout)
+	case c.Limits.HandshakeTimeout <= 0:
+		return invalid("limits.handshake_timeout", "%v must be positive", c.Limits.HandshakeTimeout)
+	case c.Limits.MemorySoftLimitBytes < 0:
+		return invalid("limits.memory_soft_limit_bytes", "%d must not be negative", c.Limits.MemorySoftLimitBytes)
 	case !finiteNonNegative(c.Admission.SecondsPerMegapixelStep):
 		return invalid("admission.seconds_per_megapixel_step", "%v must be a finite number >= 0", c.Admission.SecondsPerMegapixelStep)
 	case c.Admission.Overhead < 0:

@@ -53,6 +53,15 @@ func TestLoad(t *testing.T) {
 		{name: "quantile above one", yaml: "admission:\n  quantile: 1.5\n", wantErr: "admission.quantile"},
 		{name: "zero quantile", yaml: "admission:\n  quantile: 0\n", wantErr: "admission.quantile"},
 		{name: "unknown policy", yaml: "admission:\n  policy: lottery\n", wantErr: "admission.policy"},
+		{name: "transport limits", yaml: "limits:\n  max_request_bytes: 65536\n  max_streams_per_connection: 8\n  idle_timeout: 30s\n  memory_soft_limit_bytes: 0\n",
+			check: func(c Config) bool {
+				return c.Limits.MaxRequestBytes == 65536 && c.Limits.MaxStreamsPerConnection == 8 &&
+					c.Limits.IdleTimeout == 30*time.Second && c.Limits.MemorySoftLimitBytes == 0
+			}},
+		{name: "request limit below the largest valid request", yaml: "limits:\n  max_request_bytes: 1000\n", wantErr: "limits.max_request_bytes"},
+		{name: "zero streams", yaml: "limits:\n  max_streams_per_connection: 0\n", wantErr: "limits.max_streams_per_connection"},
+		{name: "zero idle timeout", yaml: "limits:\n  idle_timeout: 0s\n", wantErr: "limits.idle_timeout"},
+		{name: "negative memory limit", yaml: "limits:\n  memory_soft_limit_bytes: -1\n", wantErr: "limits.memory_soft_limit_bytes"},
 		{name: "negative spares", yaml: "workers:\n  spares: -1\n", wantErr: "workers.spares"},
 		{name: "zero heartbeat", yaml: "timeouts:\n  heartbeat: 0s\n", wantErr: "timeouts.heartbeat"},
 		{name: "negative queue", yaml: "queue:\n  max: -1\n", wantErr: "queue.max"},
