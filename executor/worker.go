@@ -21,9 +21,13 @@ import (
 	"github.com/hourglass-dev/hourglass/internal/telemetry"
 )
 
-// maxWorkerMessage bounds one worker→executor message: a 2048×2048 PNG
-// of noise can exceed grpc-go's default 4 MiB receive limit.
-const maxWorkerMessage = 256 << 20
+// maxWorkerMessage bounds one worker→executor message, which holds at
+// most one image: the API's largest (2048×2048) at 4 bytes a pixel, more
+// than any PNG or JPEG of it takes even of noise (PNG stores RGB at 3
+// bytes a pixel plus a filter byte a row; JPEG at quality 100 stays under
+// raw RGB), plus 1 MiB for the rest of the message. grpc-go's default of
+// 4 MiB is too small for such an image; anything larger is a broken worker.
+const maxWorkerMessage = 2048*2048*4 + 1<<20
 
 // workerProc is one started worker process that serves its socket, with
 // the gRPC connection to it. Slots and the spare pool hold these.
