@@ -18,8 +18,8 @@
 //
 // The queue is served earliest deadline first (ties in arrival order) by
 // W identical workers, each taking the next job when it frees. Let R be
-// the planned work left on the running jobs (a job past its planned run
-// time counts 0) and A(k) the planned work of the queued jobs served
+// the planned work left on the running jobs (see "A running job" below)
+// and A(k) the planned work of the queued jobs served
 // before job k. Until k starts, every worker is busy with a running job
 // or one served before k, so k starts no later than now + (R + A(k)) / W
 // (list scheduling's bound, exact on one worker and conservative by less
@@ -34,10 +34,12 @@
 // a treap whose nodes carry, per subtree, the job count, the summed planned
 // work and that least key (relative to the subtree's start), so both
 // checks, insertion, removal and dispatch take O(log n); with 10,000
-// waiting jobs an admission costs microseconds. As time passes with run
-// times as planned, W·now + R + A(k) does not grow (the workers drain
-// W units of work per unit of time), so a promise that held at admission
-// keeps holding; run times shorter than planned only help.
+// waiting jobs an admission costs microseconds. The bound holds for the
+// schedule that runs as planned, whatever happens after admission: later
+// admissions and dispatches are checked against it, and run times shorter
+// than planned only make jobs start earlier. (Re-evaluated later, R may
+// grow while a job runs long, see below: that makes later admissions
+// more careful, it does not revoke a promise.)
 //
 // # Estimates carry their spread
 //
@@ -51,6 +53,19 @@
 // most a fifth, so one slow job does not make admission refuse everything
 // after it. Jobs that did not complete (cancelled, past their deadline,
 // crashed) are not learned from.
+//
+// # A running job
+//
+// What is left of a running job is planned from the same spread, given how
+// long it has run: the Quantile of its model's ratios among those above
+// its elapsed ÷ mean, times its mean, less the time elapsed (never less
+// than what is left of its plan). A job that has run long is likely to run
+// longer, and new promises are planned behind it accordingly. Past every
+// ratio observed (a straggler) it is planned to need its planned run time
+// once more; and never past its deadline, where the executor cancels it.
+// A job that overruns can still break the promises made behind it before
+// it did (workers are not preempted); this keeps admission from piling new
+// promises onto a worker that is not about to free.
 //
 // # A job that can no longer finish is not started
 //

@@ -161,3 +161,23 @@ func (e *estimator) calibrate(smallCost float64, small time.Duration, bigCost fl
 	e.base = rate
 	e.overhead = max(0, small-time.Duration(rate*smallCost*float64(time.Second)))
 }
+
+// conditional is the planned time left of a job of this model that has
+// run for elapsed and was planned with mean: the quantile of the model's
+// actual ÷ mean ratios among those above elapsed ÷ mean, times mean, less
+// elapsed. ok is false when the model has too few ratios, or none above.
+func (e *estimator) conditional(model string, mean, elapsed time.Duration) (left time.Duration, ok bool) {
+	m := e.models[model]
+	if m == nil || m.n < minRatioSamples || mean <= 0 {
+		return 0, false
+	}
+	x := float64(elapsed) / float64(mean)
+	i, _ := slices.BinarySearch(m.sorted, math.Nextafter(x, math.Inf(1)))
+	c := m.n - i
+	if c == 0 {
+		return 0, false
+	}
+	rank := i + int(math.Ceil(e.quantile*float64(c))) - 1
+	f := m.sorted[min(max(rank, i), m.n-1)]
+	return max(0, time.Duration(f*float64(mean))-elapsed), true
+}

@@ -250,15 +250,40 @@ func (s *Scheduler) Calibration() (overhead time.Duration, secondsPerMegapixelSt
 	return s.est.overhead, s.est.base
 }
 
-// remainingWork is R: the planned work left on the running jobs, a job
-// past its planned run time counting 0 (a straggler is taken to be about
-// to finish, so it delays the plan by what it overran, not forever).
+// remainingWork is R: the planned work left on the running jobs (see left).
 func (s *Scheduler) remainingWork(now int64) int64 {
 	var r int64
 	for _, j := range s.running {
-		r += max(0, int64(j.Planned)-(now-j.started))
+		r += s.left(j, now)
 	}
 	return r
+}
+
+// left is the planned time until running job j frees its worker.
+//
+// Under Schedulable it is the larger of what is left of j's plan and what
+// its model's spread says is left given how long j has already run: the
+// Quantile of the model's recent actual ÷ mean ratios among those above
+// j's elapsed ÷ mean, times its mean, less the time elapsed. A job that has
+// run long is likely to run longer, and the promises made behind it from
+// now on are planned with that. Past every ratio observed, j is planned to
+// need its planned run time once more. Either way no more than the time to
+// j's deadline, where it is cancelled.
+//
+// PointEstimate and FIFO keep the previous rule: what is left of the plan,
+// 0 once the job has overrun it.
+func (s *Scheduler) left(j *Job, now int64) int64 {
+	elapsed := now - j.started
+	left := int64(j.Planned) - elapsed
+	if s.cfg.Policy != Schedulable {
+		return max(0, left)
+	}
+	if more, ok := s.est.conditional(j.Model, j.Mean, time.Duration(elapsed)); ok {
+		left = max(left, int64(more))
+	} else if left < 0 {
+		left = int64(j.Planned)
+	}
+	return max(0, min(left, j.deadline-now))
 }
 
 // Admit decides whether j may wait for a worker. On nil, j is queued; on a
@@ -358,7 +383,7 @@ func (s *Scheduler) retryAfter(j *Job, shortfall int64) time.Duration {
 func (s *Scheduler) nextFree(t int64) time.Duration {
 	first := int64(math.MaxInt64)
 	for _, j := range s.running {
-		first = min(first, max(0, int64(j.Planned)-(t-j.started)))
+		first = min(first, s.left(j, t))
 	}
 	if first == math.MaxInt64 {
 		first = 0

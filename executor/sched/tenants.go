@@ -97,7 +97,7 @@ func (s *Scheduler) overShare(now int64, j *Job, ten *tenant, remaining int64) i
 	if ten.running > 0 {
 		for _, r := range s.running {
 			if r.Tenant == j.Tenant {
-				held += max(0, int64(r.Planned)-(now-r.started))
+				held += s.left(r, now)
 			}
 		}
 	}
