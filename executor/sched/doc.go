@@ -84,10 +84,22 @@
 // deadline. Its share is what the other recently active tenants leave: each
 // keeps min(its recent demand, 1/n) with a quarter of headroom, where n
 // counts tenants with work held or demand in the last DemandWindow, and
-// no share falls below 1/n. A tenant that holds nothing may always queue
-// one job, and the schedulability test applies to every tenant alike. The
-// share is checked at admission rather than by reordering the queue,
-// because reordering would break promises already made.
+// no share falls below 1/n. Demand is the planned work a tenant asked for,
+// admitted or not, except jobs that could not finish even on an idle
+// worker. A tenant whose own demand is within its share (with the same
+// headroom) is never refused over it: it is not the one booking the
+// others' time. A tenant that holds nothing may always queue one job, and
+// the schedulability test applies to every tenant alike. The share is
+// checked at admission rather than by reordering the queue, because
+// reordering would break promises already made; dispatch serves the
+// least-served tenant first only where that keeps every promise.
+//
+// What the share cannot do is free a worker: a light tenant's job whose
+// slack is shorter than the flooder's jobs already running waits for one
+// of them to end (workers are not preempted), so such impatient jobs fit
+// beside a flood far less often than on an idle pool. Jobs with slack for
+// a busy worker to free are served nearly as if the flooder were absent
+// (the simulator's flood experiment measures both).
 //
 // # Refusals say when to come back
 //

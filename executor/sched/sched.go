@@ -180,6 +180,7 @@ type Scheduler struct {
 	queue   tree
 	running []*Job
 	tenants map[string]*tenant
+	order   []*tenant // the tenants in tenants, in a fixed order
 	seq     uint64
 	workers int64
 	// vtime is the fair share's virtual time: the served time of the
@@ -296,9 +297,13 @@ func (s *Scheduler) Admit(now time.Time, j *Job) *Refusal {
 	s.seq++
 	j.seq = s.seq
 	ten := s.tenant(j.Tenant)
-	ten.ask(t, int64(j.Planned), int64(s.cfg.DemandWindow))
-
 	remaining := time.Duration(j.deadline - t)
+	if j.Planned <= remaining {
+		// Demand is work the tenant could use: a job that cannot finish
+		// even on an idle worker asks for none.
+		ten.ask(t, int64(j.Planned), int64(s.cfg.DemandWindow))
+	}
+
 	idle := int64(len(s.running)) < s.workers
 	if !idle && s.queue.Len() >= s.cfg.QueueMax {
 		return &Refusal{Reason: QueueFull, Queued: s.queue.Len(), QueueMax: s.cfg.QueueMax,

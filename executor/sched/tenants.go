@@ -15,8 +15,14 @@ const (
 
 // tenant is what the fair share remembers of one tenant.
 type tenant struct {
+	name string
+	// index is its place in Scheduler.order, which the fair share walks
+	// instead of the map so that sums and ties come out the same on every
+	// run.
+	index int
 	// demand is the planned work the tenant asked for (admitted or
-	// not) per unit of time, in workers, decayed with the demand window.
+	// not, but not jobs too short to finish even on an idle worker) per
+	// unit of time, in workers, decayed with the demand window.
 	demand float64
 	seen   int64
 	queued int64 // planned work waiting
@@ -34,10 +40,20 @@ type tenant struct {
 func (s *Scheduler) tenant(name string) *tenant {
 	t := s.tenants[name]
 	if t == nil {
-		t = &tenant{waiting: tree{workers: 1}}
+		t = &tenant{name: name, index: len(s.order), waiting: tree{workers: 1}}
 		s.tenants[name] = t
+		s.order = append(s.order, t)
 	}
 	return t
+}
+
+// forget drops an idle tenant.
+func (s *Scheduler) forget(t *tenant) {
+	last := s.order[len(s.order)-1]
+	s.order[t.index], last.index = last, t.index
+	s.order[len(s.order)-1] = nil
+	s.order = s.order[:len(s.order)-1]
+	delete(s.tenants, t.name)
 }
 
 // fairCandidate is the earliest-deadline job of the least-served tenant
@@ -45,7 +61,7 @@ func (s *Scheduler) tenant(name string) *tenant {
 func (s *Scheduler) fairCandidate() *Job {
 	var best *tenant
 	var bestHead *Job
-	for _, t := range s.tenants {
+	for _, t := range s.order {
 		if t.jobs == 0 {
 			continue
 		}
@@ -69,6 +85,12 @@ func (t *tenant) ask(now, planned, window int64) {
 	t.demand += float64(planned) / float64(window)
 }
 
+// within reports whether the tenant's demand, in workers, is within the
+// given share of w workers, with the same headroom as the reservation.
+func (t *tenant) within(share, w float64) bool {
+	return t.demand <= reserveHeadroom*share*w
+}
+
 // overShare is how far (in planned work, nanoseconds of one worker's time
 // over W) tenant ten would exceed its share of the workers' time before
 // j's deadline, converted to the time it takes the tenant's held work to
@@ -76,20 +98,25 @@ func (t *tenant) ask(now, planned, window int64) {
 //
 // A tenant's share is what the other active tenants leave it: each of them
 // keeps min(its recent demand, the equal share 1/n) with some headroom, and
-// no tenant's share falls below 1/n. A tenant with nothing queued or
-// running may always queue one job, so that the share never stops a
-// tenant outright; the schedulability test still applies to it.
+// no tenant's share falls below 1/n. A tenant whose own recent demand is
+// within its share (with the same headroom) is not refused: it is not the
+// one booking the others' time, and a light tenant's short deadline would
+// otherwise count its one running job against a tiny horizon. A tenant
+// with nothing queued or running may always queue one job, so that the
+// share never stops a tenant outright. The schedulability test still
+// applies to every tenant.
 func (s *Scheduler) overShare(now int64, j *Job, ten *tenant, remaining int64) int64 {
 	window := int64(s.cfg.DemandWindow)
-	n := 0
-	for name, u := range s.tenants {
+	for i := 0; i < len(s.order); {
+		u := s.order[i]
 		u.decay(now, window)
 		if u != ten && u.jobs == 0 && u.running == 0 && u.demand < idleDemand {
-			delete(s.tenants, name)
+			s.forget(u) // the last tenant moves to i
 			continue
 		}
-		n++
+		i++
 	}
+	n := len(s.order)
 	if n < 2 {
 		return 0
 	}
@@ -107,12 +134,15 @@ func (s *Scheduler) overShare(now int64, j *Job, ten *tenant, remaining int64) i
 	w := float64(s.workers)
 	fair := 1 / float64(n)
 	others := 0.0
-	for _, u := range s.tenants {
+	for _, u := range s.order {
 		if u != ten {
 			others += min(u.demand/w, fair)
 		}
 	}
 	share := max(fair, 1-reserveHeadroom*others)
+	if ten.within(share, w) {
+		return 0
+	}
 	limit := share * w * float64(remaining)
 	excess := float64(held+int64(j.Planned)) - limit
 	if excess <= 0 {
