@@ -69,6 +69,28 @@ func TestTreeQueriesMatchBruteForce(t *testing.T) {
 		if tr.root.minKey != slicesMin(keys) {
 			t.Fatalf("round %d: root minKey = %d; want %d", round, tr.root.minKey, slicesMin(keys))
 		}
+		// The work due before a deadline, and the keys after the workers
+		// change.
+		cut := rng.Int64N(5000)
+		var wantDue int64
+		for _, j := range order {
+			if j.deadline < cut {
+				wantDue += int64(j.Planned)
+			}
+		}
+		if got := tr.workBefore(cut); got != wantDue {
+			t.Fatalf("round %d: workBefore(%d) = %d; want %d", round, cut, got, wantDue)
+		}
+		w2 := int64(1 + rng.IntN(16))
+		tr.setWorkers(w2)
+		pre = 0
+		for i, j := range order {
+			keys[i] = w2*j.latest - pre
+			pre += int64(j.Planned)
+		}
+		if tr.root.minKey != slicesMin(keys) {
+			t.Fatalf("round %d: after setWorkers(%d), root minKey = %d; want %d", round, w2, tr.root.minKey, slicesMin(keys))
+		}
 	}
 }
 
