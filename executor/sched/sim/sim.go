@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"container/heap"
 	"fmt"
 	"math"
 	"time"
@@ -11,42 +10,64 @@ import (
 
 // Result is what one policy made of one workload.
 type Result struct {
-	Policy sched.Policy
+	Policy  sched.Policy
+	Workers int
 	// Offered jobs arrived; Admitted were queued; OK finished by their
-	// deadline; Unreachable were admitted and then left the queue
-	// unstarted at their latest start.
-	Offered, Admitted, OK, Unreachable int
+	// deadline. Of the admitted jobs that did not: Unreachable left the
+	// queue unstarted at their latest start (answered at once), Expired
+	// were still queued at their deadline, Cancelled were running at their
+	// deadline and were stopped there, Late ran to their end after it
+	// (the naive pool cancels nothing).
+	Offered, Admitted, OK                 int
+	Unreachable, Expired, Cancelled, Late int
 	// Refusals counts admission refusals by reason.
 	Refusals map[sched.Reason]int
-	// Capacity is the workers' time over the run (workers × the time of
-	// the last event); Useful the worker time of jobs that finished OK;
-	// Wasted the worker time of the others (cancelled at their deadline,
-	// or finished too late).
-	Capacity, Useful, Wasted time.Duration
-	Tenants                  []TenantResult
-	// Violations of the scheduler's promises that must never happen:
-	// a job started after its latest start (Schedulable), a queue longer
+	// Blocked counts the Overloaded refusals of jobs that would have made
+	// an admitted job miss (rather than missing themselves).
+	Blocked int
+	// Duration is the simulated time, from the start to the last event;
+	// Capacity is Workers × Duration. Useful is the worker time of the jobs
+	// that finished OK, Wasted the worker time of the others (cancelled at
+	// their deadline, or finished too late).
+	Duration, Capacity, Useful, Wasted time.Duration
+	// Stragglers is how many admitted jobs ran StragglerFactor × slower,
+	// and StragglersMissed how many of those did not finish OK.
+	Stragglers, StragglersMissed int
+	Tenants                      []TenantResult
+	// Violations of the scheduler's promises, which must never happen: a
+	// job started after its latest start (Schedulable), a queue longer
 	// than QueueMax, and (Exact workloads) an admitted job that missed.
 	StartedLate, QueueOverflow, ExactMisses int
-	// Blocked counts Overloaded refusals of jobs that would have made an
-	// admitted job miss (rather than missing themselves).
-	Blocked int
+	// MaxQueue is the longest the queue was.
+	MaxQueue int
 	// Events is how many events the run processed.
 	Events int
 }
 
-// TenantResult is one tenant's part.
+// TenantResult is one tenant's part of a Result.
 type TenantResult struct {
 	Name                  string
 	Offered, Admitted, OK int
-	Useful                time.Duration
-	// OfferedBy and OKBy count the tenant's jobs by deadline class.
-	OfferedBy, OKBy []int
-	// Refusals counts its refusals by reason.
+	// Useful is the worker time of its jobs that finished OK.
+	Useful time.Duration
+	// Demand is the true mean run time of the jobs it offered, all of
+	// them, feasible or not.
+	Demand time.Duration
+	// OfferedBy, AdmittedBy and OKBy count its jobs by deadline class.
+	OfferedBy, AdmittedBy, OKBy []int
+	// Patient counts its offered jobs with patience (see
+	// Workload.Patience), and PatientOK those that finished OK;
+	// PatientUseful is their useful worker time.
+	Patient, PatientOK int
+	PatientUseful      time.Duration
+	// Refusals counts its refusals by reason; Blocked its Overloaded
+	// refusals for another job's sake.
 	Refusals map[sched.Reason]int
+	Blocked  int
 }
 
-// Goodput is the useful share of the capacity.
+// Goodput is the useful share of the capacity: the worker time of jobs
+// that finished OK ÷ (workers × the simulated time).
 func (r Result) Goodput() float64 { return ratio(r.Useful, r.Capacity) }
 
 // WastedShare is the wasted share of the capacity.
@@ -55,11 +76,30 @@ func (r Result) WastedShare() float64 { return ratio(r.Wasted, r.Capacity) }
 // Kept is OK ÷ admitted (1 when nothing was admitted).
 func (r Result) Kept() float64 { return keptRate(r.OK, r.Admitted) }
 
+// KeptNonStragglers is the kept rate of the admitted jobs that were not
+// stragglers: the promises that noise alone, not an unforeseeable 5× run,
+// put at risk.
+func (r Result) KeptNonStragglers() float64 {
+	return keptRate(r.OK-(r.Stragglers-r.StragglersMissed), r.Admitted-r.Stragglers)
+}
+
+// Refused is the number of refused jobs.
+func (r Result) Refused() int {
+	n := 0
+	for _, c := range r.Refusals {
+		n += c
+	}
+	return n
+}
+
 // Kept is the tenant's OK ÷ admitted.
 func (t TenantResult) Kept() float64 { return keptRate(t.OK, t.Admitted) }
 
 // Share is the tenant's useful share of the capacity.
 func (t TenantResult) Share(r Result) float64 { return ratio(t.Useful, r.Capacity) }
+
+// DemandShare is the tenant's offered work ÷ the capacity.
+func (t TenantResult) DemandShare(r Result) float64 { return ratio(t.Demand, r.Capacity) }
 
 func ratio(a, b time.Duration) float64 {
 	if b <= 0 {
@@ -69,18 +109,18 @@ func ratio(a, b time.Duration) float64 {
 }
 
 func keptRate(ok, admitted int) float64 {
-	if admitted == 0 {
+	if admitted <= 0 {
 		return 1
 	}
 	return float64(ok) / float64(admitted)
 }
 
 func (r Result) String() string {
-	return fmt.Sprintf("%s: offered %d admitted %d ok %d kept %.4f goodput %.3f wasted %.3f unreachable %d refusals %v",
-		r.Policy, r.Offered, r.Admitted, r.OK, r.Kept(), r.Goodput(), r.WastedShare(), r.Unreachable, r.Refusals)
+	return fmt.Sprintf("%s on %d workers: offered %d admitted %d ok %d kept %.4f goodput %.3f wasted %.3f unreachable %d expired %d cancelled %d late %d refusals %v",
+		r.Policy, r.Workers, r.Offered, r.Admitted, r.OK, r.Kept(), r.Goodput(), r.WastedShare(), r.Unreachable, r.Expired, r.Cancelled, r.Late, r.Refusals)
 }
 
-type eventKind int
+type eventKind uint8
 
 // At equal times a run that ends at its deadline finishes (OK) before the
 // deadline fires, and arrivals come last.
@@ -90,19 +130,19 @@ const (
 	evArrival
 )
 
+// event is one entry of the event heap. A job event carries the job's
+// generation: jobs are recycled, and an event for an earlier life of the
+// job is stale.
 type event struct {
 	at     int64 // nanoseconds since the epoch
-	kind   eventKind
-	seq    uint64 // ties: the order events were made
+	seq    uint64
 	job    *simJob
-	tenant int
+	gen    uint32
+	tenant int32
+	kind   eventKind
 }
 
-type eventHeap []event
-
-func (h eventHeap) Len() int { return len(h) }
-func (h eventHeap) Less(i, j int) bool {
-	a, b := &h[i], &h[j]
+func (a *event) before(b *event) bool {
 	if a.at != b.at {
 		return a.at < b.at
 	}
@@ -111,16 +151,49 @@ func (h eventHeap) Less(i, j int) bool {
 	}
 	return a.seq < b.seq
 }
-func (h eventHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *eventHeap) Push(x any)   { *h = append(*h, x.(event)) }
-func (h *eventHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+
+// eventHeap is a binary min-heap of events by value: no boxing, so
+// pushing and popping allocate nothing once the slice has grown.
+type eventHeap []event
+
+func (h *eventHeap) push(e event) {
+	*h = append(*h, e)
+	s := *h
+	for i := len(s) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !s[i].before(&s[p]) {
+			break
+		}
+		s[i], s[p] = s[p], s[i]
+		i = p
+	}
 }
 
-type jobState int
+func (h *eventHeap) pop() event {
+	s := *h
+	top := s[0]
+	last := len(s) - 1
+	s[0] = s[last]
+	s = s[:last]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < len(s) && s[l].before(&s[m]) {
+			m = l
+		}
+		if r := l + 1; r < len(s) && s[r].before(&s[m]) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		s[i], s[m] = s[m], s[i]
+		i = m
+	}
+	*h = s
+	return top
+}
+
+type jobState uint8
 
 const (
 	stWaiting jobState = iota
@@ -130,13 +203,16 @@ const (
 
 type simJob struct {
 	sched.Job
-	tenant   int
-	class    int
-	noise    float64
-	trueMean time.Duration
-	state    jobState
-	start    int64
-	end      int64
+	gen       uint32
+	tenant    int32
+	class     int8
+	state     jobState
+	straggler bool
+	patient   bool
+	noise     float64
+	trueMean  time.Duration
+	start     int64
+	end       int64
 }
 
 // runner is one simulation in progress.
@@ -151,91 +227,148 @@ type runner struct {
 	res     Result
 	streams []*arrivals
 	made    int
+	stop    int64 // no arrivals after this (Workload.Duration)
 	now     int64
 	last    int64
+	free    []*simJob
 }
 
 func (r *runner) push(e event) {
 	r.seq++
 	e.seq = r.seq
-	heap.Push(&r.events, e)
+	r.events.push(e)
 }
 
 func (r *runner) at(ns int64) time.Time { return r.epoch.Add(time.Duration(ns)) }
+
+// newJob returns a recycled job or a new one.
+func (r *runner) newJob() *simJob {
+	if n := len(r.free); n > 0 {
+		j := r.free[n-1]
+		r.free = r.free[:n-1]
+		*j = simJob{gen: j.gen}
+		return j
+	}
+	return &simJob{}
+}
+
+// release recycles a job that the scheduler no longer holds; events still
+// pending for it are stale from now on.
+func (r *runner) release(j *simJob) {
+	j.state = stEnded
+	j.gen++
+	r.free = append(r.free, j)
+}
 
 // Run simulates workload w under policy p. It is deterministic: the same
 // workload gives the same result.
 func Run(w Workload, p sched.Policy) Result {
 	w.setDefaults()
-	rate, overhead := w.Rate*(1+w.CalibrationError), w.Overhead
-	if w.Exact {
-		rate = w.Rate
+	r := &runner{w: w, policy: p, epoch: time.Unix(0, 0), idle: w.Workers, stop: math.MaxInt64}
+	if w.Duration > 0 {
+		r.stop = int64(w.Duration)
 	}
-	r := &runner{w: w, policy: p, epoch: time.Unix(0, 0), idle: w.Workers}
-	r.s = sched.New(sched.Config{Policy: p, Workers: w.Workers, QueueMax: w.QueueMax, Quantile: w.Quantile,
-		Overhead: overhead, SecondsPerMegapixelStep: rate}, r.epoch)
-	r.res = Result{Policy: p, Refusals: map[sched.Reason]int{}, Tenants: make([]TenantResult, len(w.Tenants))}
+	cfg := sched.Config{Policy: p, Workers: w.Workers, QueueMax: w.QueueMax, Quantile: w.Quantile}
+	if w.Exact {
+		cfg.Overhead, cfg.SecondsPerMegapixelStep = w.Overhead, w.Rate
+	}
+	r.s = sched.New(cfg, r.epoch)
+	if !w.Exact {
+		small, big := w.calibration()
+		r.s.Calibrate(calibrationSmall, small, calibrationBig, big)
+	}
+	r.res = Result{Policy: p, Workers: w.Workers, Refusals: map[sched.Reason]int{}, Tenants: make([]TenantResult, len(w.Tenants))}
+	n := len(w.Deadlines)
 	for i, t := range w.Tenants {
-		r.res.Tenants[i] = TenantResult{Name: t.Name, OfferedBy: make([]int, len(w.Deadlines)), OKBy: make([]int, len(w.Deadlines)),
+		r.res.Tenants[i] = TenantResult{Name: t.Name, OfferedBy: make([]int, n), AdmittedBy: make([]int, n), OKBy: make([]int, n),
 			Refusals: map[sched.Reason]int{}}
 		a := newArrivals(&r.w, i)
 		r.streams = append(r.streams, a)
-		if at := a.next(); !math.IsInf(at, 1) {
-			r.push(event{at: int64(at * 1e9), kind: evArrival, tenant: i})
-		}
+		r.nextArrival(i)
 	}
-	for r.events.Len() > 0 {
-		e := heap.Pop(&r.events).(event)
+	for len(r.events) > 0 {
+		e := r.events.pop()
+		if e.kind != evArrival && e.job.gen != e.gen {
+			continue // the job ended before this event came due
+		}
 		r.now = e.at
-		r.last = max(r.last, e.at)
 		r.res.Events++
 		switch e.kind {
 		case evArrival:
-			r.arrive(e.tenant)
+			r.arrive(int(e.tenant))
 		case evFinish:
 			r.finish(e.job)
 		case evDeadline:
 			r.deadline(e.job)
 		}
+		// The run lasts until its last arrival or until the last job
+		// leaves, whichever is later; the deadline of a job already gone
+		// does not lengthen it.
+		r.last = e.at
 	}
+	r.res.Duration = time.Duration(r.last)
 	r.res.Capacity = time.Duration(w.Workers) * time.Duration(r.last)
 	return r.res
 }
 
-func (r *runner) arrive(tenant int) {
-	a := r.streams[tenant]
-	r.made++
-	if r.made < r.w.Jobs {
-		if at := a.next(); !math.IsInf(at, 1) {
-			r.push(event{at: int64(at * 1e9), kind: evArrival, tenant: tenant})
-		}
+func (r *runner) nextArrival(tenant int) {
+	if r.w.Duration <= 0 && r.made >= r.w.Jobs {
+		return
 	}
-	cost, class, noise := a.job()
-	j := &simJob{tenant: tenant, class: class, noise: noise,
-		trueMean: r.w.Overhead + time.Duration(r.w.Rate*cost*float64(time.Second))}
-	deadline := r.now + int64(r.w.Deadlines[class].Mult*float64(j.trueMean))
-	j.Job = sched.Job{Tenant: r.w.Tenants[tenant].Name, Model: "m", Cost: cost, Deadline: r.at(deadline), Value: j}
+	at := r.streams[tenant].next()
+	if math.IsInf(at, 1) || at*1e9 >= float64(r.stop) {
+		return
+	}
+	r.push(event{at: int64(at * 1e9), kind: evArrival, tenant: int32(tenant)})
+}
+
+func (r *runner) arrive(tenant int) {
+	r.made++
+	r.nextArrival(tenant)
+	job := r.streams[tenant].job()
+	j := r.newJob()
+	j.tenant, j.class, j.noise, j.straggler = int32(tenant), int8(job.class), job.noise, job.straggler
+	j.trueMean = r.w.Overhead + time.Duration(r.w.Rate*job.cost*float64(time.Second))
+	mult := r.w.Deadlines[job.class].Mult
+	timeout := time.Duration(mult * float64(j.trueMean))
+	j.patient = r.w.Patience > 0 && timeout-j.trueMean >= r.w.Patience
+	deadline := r.now + int64(timeout)
+	j.Job = sched.Job{Tenant: r.w.Tenants[tenant].Name, Model: "m", Cost: job.cost, Deadline: r.at(deadline), Value: j}
+	tr := &r.res.Tenants[tenant]
 	r.res.Offered++
-	r.res.Tenants[tenant].Offered++
-	r.res.Tenants[tenant].OfferedBy[class]++
+	tr.Offered++
+	tr.OfferedBy[job.class]++
+	tr.Demand += j.trueMean
+	if j.patient {
+		tr.Patient++
+	}
 
 	now := r.at(r.now)
 	r.unreachable(r.s.Unreachable(now))
 	if refusal := r.s.Admit(now, &j.Job); refusal != nil {
 		r.res.Refusals[refusal.Reason]++
-		r.res.Tenants[tenant].Refusals[refusal.Reason]++
+		tr.Refusals[refusal.Reason]++
 		if refusal.Blocked {
 			r.res.Blocked++
+			tr.Blocked++
 		}
+		r.release(j)
 		return
 	}
 	r.res.Admitted++
-	r.res.Tenants[tenant].Admitted++
-	if r.s.Len() > r.w.QueueMax {
-		r.res.QueueOverflow++
+	tr.Admitted++
+	tr.AdmittedBy[job.class]++
+	if j.straggler {
+		r.res.Stragglers++
+	}
+	if q := r.s.Len(); q > r.res.MaxQueue {
+		r.res.MaxQueue = q
+		if q > r.w.QueueMax {
+			r.res.QueueOverflow++
+		}
 	}
 	if r.policy != sched.FIFO {
-		r.push(event{at: deadline, kind: evDeadline, job: j})
+		r.push(event{at: deadline, kind: evDeadline, job: j, gen: j.gen})
 	}
 	r.dispatch()
 }
@@ -243,21 +376,24 @@ func (r *runner) arrive(tenant int) {
 func (r *runner) unreachable(jobs []*sched.Job) {
 	for _, sj := range jobs {
 		j := sj.Value.(*simJob)
-		j.state = stEnded
 		r.res.Unreachable++
-		r.missed()
+		r.missed(j)
+		r.release(j)
 	}
 }
 
 // missed records an admitted job that did not finish OK.
-func (r *runner) missed() {
+func (r *runner) missed(j *simJob) {
 	if r.w.Exact {
 		r.res.ExactMisses++
+	}
+	if j.straggler {
+		r.res.StragglersMissed++
 	}
 }
 
 func (r *runner) dispatch() {
-	for r.idle > 0 {
+	for r.idle > 0 && r.s.Len() > 0 {
 		now := r.at(r.now)
 		next, dropped := r.s.Next(now)
 		r.unreachable(dropped)
@@ -265,7 +401,7 @@ func (r *runner) dispatch() {
 			return
 		}
 		j := next.Value.(*simJob)
-		if r.policy == sched.Schedulable && now.After(next.Latest()) {
+		if r.policy == sched.Schedulable && next.Started.After(next.Latest()) {
 			r.res.StartedLate++
 		}
 		run := time.Duration(float64(j.trueMean) * j.noise)
@@ -274,28 +410,34 @@ func (r *runner) dispatch() {
 		}
 		j.state, j.start, j.end = stRunning, r.now, r.now+int64(run)
 		r.idle--
-		r.push(event{at: j.end, kind: evFinish, job: j})
+		r.push(event{at: j.end, kind: evFinish, job: j, gen: j.gen})
 	}
 }
 
 func (r *runner) finish(j *simJob) {
 	if j.state != stRunning {
-		return // cancelled at its deadline
+		return
 	}
-	j.state = stEnded
 	took := time.Duration(j.end - j.start)
 	r.s.Done(&j.Job, took, true)
 	r.idle++
+	tr := &r.res.Tenants[j.tenant]
 	if !r.at(j.end).After(j.Deadline) {
 		r.res.OK++
 		r.res.Useful += took
-		r.res.Tenants[j.tenant].OK++
-		r.res.Tenants[j.tenant].OKBy[j.class]++
-		r.res.Tenants[j.tenant].Useful += took
+		tr.OK++
+		tr.OKBy[j.class]++
+		tr.Useful += took
+		if j.patient {
+			tr.PatientOK++
+			tr.PatientUseful += took
+		}
 	} else {
+		r.res.Late++
 		r.res.Wasted += took
-		r.missed()
+		r.missed(j)
 	}
+	r.release(j)
 	r.dispatch()
 }
 
@@ -303,16 +445,18 @@ func (r *runner) deadline(j *simJob) {
 	switch j.state {
 	case stWaiting:
 		if r.s.Remove(&j.Job) {
-			j.state = stEnded
-			r.missed()
+			r.res.Expired++
+			r.missed(j)
+			r.release(j)
 		}
 	case stRunning:
-		j.state = stEnded
 		took := time.Duration(r.now - j.start)
 		r.s.Done(&j.Job, took, false)
+		r.res.Cancelled++
 		r.res.Wasted += took
 		r.idle++
-		r.missed()
+		r.missed(j)
+		r.release(j)
 		r.dispatch()
 	}
 }

@@ -6,12 +6,20 @@
 // tenant's share. The same seed gives the same workload, so policies are
 // compared on identical jobs, and tests may assert on the results.
 //
-// The simulated executor behaves as the real one: a job is admitted or
-// refused on arrival; an idle worker takes the scheduler's next job; a
+// The simulated executor behaves as the real one: on arrival it calls
+// Unreachable, then Admit; while a worker is idle and jobs wait it calls
+// Next and answers the jobs it drops as DEADLINE_UNREACHABLE, unstarted; a
 // running job whose deadline passes is cancelled then (its worker time is
-// wasted) and a queued one leaves the queue; the naive FIFO pool cancels
-// nothing, so its jobs run to their end however late. Workers are
-// identical and never fail; dispatch and cancellation cost no time.
+// wasted) and a queued one is Removed; Done reports every job that leaves a
+// worker, completed only when it finished. The naive FIFO pool cancels
+// nothing, so its jobs run to their end however late, queued ones too. The
+// estimator starts from Calibrate on two noisy runs, as hourglassd's does,
+// and learns from completions. Workers are identical and never fail;
+// dispatch and cancellation cost no time.
+//
+// Events are kept by value in a binary heap and jobs are recycled, so a
+// run allocates next to nothing beyond what the scheduler does; a million
+// jobs take seconds on one core.
 package sim
 
 import (
@@ -68,9 +76,12 @@ type Tenant struct {
 // noted.
 type Workload struct {
 	Seed uint64
-	// Jobs is how many jobs arrive, over all tenants.
-	Jobs    int
-	Workers int
+	// Jobs is how many jobs arrive, over all tenants; or, when Duration is
+	// set, arrivals stop at that simulated time instead (so that runs with
+	// different tenants offer a tenant the very same jobs).
+	Jobs     int
+	Duration time.Duration
+	Workers  int
 	// QueueMax bounds the queue (default 256, as hourglassd).
 	QueueMax int
 	Tenants  []Tenant
@@ -89,18 +100,27 @@ type Workload struct {
 	// slower than their noisy time.
 	Stragglers      float64
 	StragglerFactor float64
-	// CalibrationError is the relative error of the estimator's starting
-	// rate (the real executor calibrates on two runs at start-up).
+	// CalibrationError: the estimator starts, as the executor's does, from
+	// sched.Scheduler.Calibrate on two measured runs of the executor's
+	// calibration jobs (64×64 at 2 steps and 512×512 at 8 steps), each
+	// with the workload's run-time noise and, on top, this relative
+	// slowdown (a machine busy while it calibrates). Then it learns from
+	// the jobs that complete.
 	CalibrationError float64
 	// Exact makes every run take exactly the scheduler's mean estimate
 	// made at admission (no noise, no stragglers), with the estimator
-	// seeded with the true cost model: the case in which no admitted job
-	// may miss.
+	// seeded with the true cost model instead of a calibration: the case
+	// in which no admitted job may miss.
 	Exact bool
+	// Patience marks the jobs whose slack (timeout minus true mean run
+	// time) is at least this long: jobs that can wait for a busy worker to
+	// free. TenantResult counts them apart (0: none marked).
+	Patience time.Duration
 	// BurstPeriod is the mean length of a bursty tenant's on and off
 	// periods (default 2 s).
 	BurstPeriod time.Duration
-	// Quantile is the scheduler's planning quantile (default 0.95).
+	// Quantile is the scheduler's planning quantile (0: the scheduler's
+	// default).
 	Quantile float64
 }
 
@@ -147,6 +167,33 @@ func (w *Workload) meanCost() float64 {
 // meanRunTime is the mean true run time of a job of the mixture.
 func (w *Workload) meanRunTime() time.Duration {
 	return w.Overhead + time.Duration(w.Rate*w.meanCost()*float64(time.Second))
+}
+
+// The costs of the executor's calibration jobs, in megapixel-steps.
+const (
+	calibrationSmall = 64 * 64 / 1e6 * 2
+	calibrationBig   = 512 * 512 / 1e6 * 8
+)
+
+// calibration draws the two measured calibration runs, from a stream of
+// their own so that the jobs do not depend on it.
+func (w *Workload) calibration() (small, big time.Duration) {
+	rng := rand.New(rand.NewPCG(w.Seed, 0))
+	run := func(cost float64) time.Duration {
+		mean := float64(w.Overhead) + w.Rate*cost*float64(time.Second)
+		return time.Duration(mean * w.noise(rng) * (1 + w.CalibrationError))
+	}
+	return run(calibrationSmall), run(calibrationBig)
+}
+
+// noise draws a log-normal factor of mean 1 and coefficient of variation
+// w.CV.
+func (w *Workload) noise(rng *rand.Rand) float64 {
+	if w.CV <= 0 {
+		return 1
+	}
+	sigma := math.Sqrt(math.Log(1 + w.CV*w.CV))
+	return math.Exp(sigma*rng.NormFloat64() - sigma*sigma/2)
 }
 
 // arrivals generates one tenant's jobs.
@@ -200,39 +247,47 @@ func (a *arrivals) next() float64 {
 	}
 }
 
-// job draws the next job's cost, deadline class and noise factor.
-func (a *arrivals) job() (cost float64, class int, noise float64) {
+// drawn is one job as drawn from a tenant's stream.
+type drawn struct {
+	cost      float64
+	class     int
+	size      int
+	noise     float64
+	straggler bool
+}
+
+// job draws the next job's cost, deadline class and run-time factor.
+func (a *arrivals) job() drawn {
 	w := a.w
+	var d drawn
 	u := a.rng.Float64()
 	total := 0.0
 	for _, c := range w.Sizes {
 		total += c.Share
 	}
-	size := w.Sizes[len(w.Sizes)-1]
+	d.size = len(w.Sizes) - 1
 	for acc, i := 0.0, 0; i < len(w.Sizes); i++ {
 		acc += w.Sizes[i].Share / total
 		if u < acc {
-			size = w.Sizes[i]
+			d.size = i
 			break
 		}
 	}
-	cost = size.Median * math.Exp(size.Sigma*a.rng.NormFloat64())
+	size := w.Sizes[d.size]
+	d.cost = size.Median * math.Exp(size.Sigma*a.rng.NormFloat64())
 	u = a.rng.Float64()
-	class = len(w.Deadlines) - 1
+	d.class = len(w.Deadlines) - 1
 	for acc, i := 0.0, 0; i < len(w.Deadlines); i++ {
 		acc += w.Deadlines[i].Share
 		if u < acc {
-			class = i
+			d.class = i
 			break
 		}
 	}
-	noise = 1
-	if w.CV > 0 {
-		sigma := math.Sqrt(math.Log(1 + w.CV*w.CV))
-		noise = math.Exp(sigma*a.rng.NormFloat64() - sigma*sigma/2)
-	}
+	d.noise = w.noise(a.rng)
 	if w.Stragglers > 0 && a.rng.Float64() < w.Stragglers {
-		noise *= w.StragglerFactor
+		d.noise *= w.StragglerFactor
+		d.straggler = true
 	}
-	return cost, class, noise
+	return d
 }
