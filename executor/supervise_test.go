@@ -116,13 +116,22 @@ func (c *fakeClock) Advance(d time.Duration) {
 	}
 }
 
-// pending is the number of timers armed and not yet fired.
-func (c *fakeClock) pending() int {
+// sleepers is the number of NewTimer timers armed and not yet fired: each
+// is a goroutine of the executor waiting on the clock (a cancel grace, an
+// idle poll, a backoff), which Advance can now wake. AfterFunc timers (the
+// heartbeat of every running call) are counted apart, by funcs, so that a
+// job running on another slot does not pass for the wait a test expects.
+func (c *fakeClock) sleepers() int { return c.armed(false) }
+
+// funcs is the number of AfterFunc timers armed and not yet fired.
+func (c *fakeClock) funcs() int { return c.armed(true) }
+
+func (c *fakeClock) armed(funcs bool) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	for _, t := range c.timers {
-		if t.active {
+		if t.active && (t.f != nil) == funcs {
 			n++
 		}
 	}
@@ -297,13 +306,16 @@ func (s *supervised) slot(t *testing.T, i int) WorkerStatus {
 	return s.Status().Workers[i]
 }
 
-func (s *supervised) spareReady() bool {
+func (s *supervised) spareReady() bool { return s.spareStatus().PID != 0 }
+
+// spareStatus is the first ready spare, zero when there is none.
+func (s *supervised) spareStatus() WorkerStatus {
 	for _, w := range s.Status().Workers {
 		if w.Spare && w.State == StateReady {
-			return true
+			return w
 		}
 	}
-	return false
+	return WorkerStatus{}
 }
 
 // The wait points of the state machine are the fake clock's timers: these
@@ -326,8 +338,10 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newSupervised(t, Config{Spares: tt.spares})
+			var spare WorkerStatus
 			if tt.spares > 0 {
 				waitFor(t, settle, "the spare", s.spareReady)
+				spare = s.spareStatus()
 			}
 			before := s.slot(t, 0)
 			cancel, wait := s.start(tt.fault)
@@ -344,10 +358,10 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 				return
 			}
 			waitFor(t, settle, "the cancel-grace wait", func() bool {
-				return s.slot(t, 0).State == StateCancelling && s.clock.pending() > 0
+				return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0
 			})
 			s.clock.Advance(2*time.Second - time.Millisecond)
-			waitFor(t, settle, "the idle poll to rearm", func() bool { return s.clock.pending() > 0 })
+			waitFor(t, settle, "the idle poll to rearm", func() bool { return s.clock.sleepers() > 0 })
 			if w := s.launcher.byPID(before.PID); w.isKilled() || s.slot(t, 0).State != StateCancelling {
 				t.Fatalf("1 ms before the grace expired: killed %v, state %v; want still cancelling", w.isKilled(), s.slot(t, 0).State)
 			}
@@ -356,11 +370,14 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 				w := s.slot(t, 0)
 				return w.State == StateReady && w.PID != before.PID && w.Restarts == 1
 			})
-			if !s.launcher.byPID(before.PID).isKilled() {
-				t.Fatalf("the hung worker was replaced without being killed")
-			}
+			// The kill (and reap) runs beside the takeover, which does
+			// not wait for it.
+			waitFor(t, settle, "the hung worker to be killed", s.launcher.byPID(before.PID).isKilled)
 			wantStarted := 2 // the slot's worker and its replacement
 			if tt.spares > 0 {
+				if w := s.slot(t, 0); w.PID != spare.PID {
+					t.Fatalf("after the kill w0 has pid %d; want the spare's, %d, at once", w.PID, spare.PID)
+				}
 				wantStarted = 3 // the slot's, the spare (now the slot's), the new spare
 				waitFor(t, settle, "a new spare", s.spareReady)
 			}
@@ -380,10 +397,14 @@ func TestSupervisionCrashLoop(t *testing.T) {
 	restarts := uint32(0)
 	crash := func() {
 		t.Helper()
+		pid := s.slot(t, 0).PID
 		_, wait := s.start("crash")
 		if err := wait(); KindOf(err) != KindWorkerCrashed {
 			t.Fatalf("Run(crash) = %v; want worker_crashed", err)
 		}
+		// Dead by itself, yet killed all the same: the kill takes the
+		// rest of its process group and reaps it.
+		waitFor(t, settle, "the crashed worker to be reaped", s.launcher.byPID(pid).isKilled)
 		restarts++
 	}
 	replacedAtOnce := func(what string) {
@@ -406,7 +427,7 @@ func TestSupervisionCrashLoop(t *testing.T) {
 	waitFor(t, settle, "the job to run", func() bool { return s.slot(t, 0).State == StateBusy })
 	cancel()
 	_ = wait()
-	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.pending() > 0 })
+	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0 })
 	s.clock.Advance(2 * time.Second)
 	restarts++
 	replacedAtOnce("the hung job's kill")
@@ -414,7 +435,7 @@ func TestSupervisionCrashLoop(t *testing.T) {
 	for _, hold := range []time.Duration{time.Second, 2 * time.Second} {
 		crash()
 		waitFor(t, settle, "the hold-back", func() bool {
-			return s.slot(t, 0).State == StateBackoff && s.clock.pending() > 0
+			return s.slot(t, 0).State == StateBackoff && s.clock.sleepers() > 0
 		})
 		s.clock.Advance(hold - time.Millisecond)
 		if st := s.slot(t, 0).State; st != StateBackoff {
@@ -434,20 +455,18 @@ func TestSupervisionHeartbeat(t *testing.T) {
 	s := newSupervised(t, Config{Heartbeat: 5 * time.Second})
 	before := s.slot(t, 0)
 	_, wait := s.start("silent")
-	waitFor(t, settle, "the heartbeat timer", func() bool { return s.slot(t, 0).State == StateBusy && s.clock.pending() > 0 })
+	waitFor(t, settle, "the heartbeat timer", func() bool { return s.slot(t, 0).State == StateBusy && s.clock.funcs() > 0 })
 	s.clock.Advance(5 * time.Second)
 	if err := wait(); KindOf(err) != KindWorkerCrashed {
 		t.Fatalf("Run(silent) = %v; want worker_crashed (wedged)", err)
 	}
-	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.pending() > 0 })
+	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0 })
 	s.clock.Advance(2 * time.Second)
 	waitFor(t, settle, "a new worker", func() bool {
 		w := s.slot(t, 0)
 		return w.State == StateReady && w.PID != before.PID
 	})
-	if !s.launcher.byPID(before.PID).isKilled() {
-		t.Fatalf("the wedged worker was not killed")
-	}
+	waitFor(t, settle, "the wedged worker to be killed", s.launcher.byPID(before.PID).isKilled)
 }
 
 // An idle worker that dies is replaced; failed starts back off 100 ms,
@@ -460,7 +479,7 @@ func TestSupervisionIdleDeathAndStartBackoff(t *testing.T) {
 	s.launcher.mu.Unlock()
 	s.launcher.byPID(before.PID).die() // the OOM killer, an operator
 	for _, d := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
-		waitFor(t, settle, "the start backoff", func() bool { return s.slot(t, 0).State == StateBackoff && s.clock.pending() > 0 })
+		waitFor(t, settle, "the start backoff", func() bool { return s.slot(t, 0).State == StateBackoff && s.clock.sleepers() > 0 })
 		s.clock.Advance(d - time.Millisecond)
 		if st := s.slot(t, 0).State; st != StateBackoff {
 			t.Fatalf("1 ms before the %v start backoff ended: %v; want backoff", d, st)
@@ -473,43 +492,58 @@ func TestSupervisionIdleDeathAndStartBackoff(t *testing.T) {
 	})
 }
 
-// A spare replaces only a worker of its own GPU.
+// A spare replaces only a worker of its own GPU: a hung job's worker on
+// the other GPU is replaced by a fresh start while the spare waits; one on
+// the spare's GPU is replaced by the spare.
 func TestSupervisionSpareKeepsItsGPU(t *testing.T) {
 	s := newSupervised(t, Config{Workers: 2, Spares: 1, GPUs: []string{"0", "1"}})
 	waitFor(t, settle, "the spare", s.spareReady)
-	var spare WorkerStatus
-	for _, w := range s.Status().Workers {
-		if w.Spare {
-			spare = w
+	spare := s.spareStatus()
+	same := 0 // the slot on the spare's GPU
+	if s.slot(t, 0).GPU != spare.GPU {
+		same = 1
+	}
+	// hangOn kills slot i's worker through a hung job: killed after the
+	// grace, and replaced. Dispatch takes the first ready slot, so slot 0
+	// is kept busy with a cooperative job when the hang is for slot 1.
+	hangOn := func(i int) (before, after WorkerStatus) {
+		t.Helper()
+		if i == 1 {
+			c0, w0 := s.start("cooperative")
+			defer func() {
+				c0()
+				_ = w0()
+				waitFor(t, settle, "slot 0 ready again", func() bool { return s.slot(t, 0).State == StateReady })
+			}()
+			waitFor(t, settle, "slot 0 busy", func() bool { return s.slot(t, 0).State == StateBusy })
 		}
+		before = s.slot(t, i)
+		cancel, wait := s.start("hang")
+		waitFor(t, settle, "the job to run", func() bool { return s.slot(t, i).State == StateBusy })
+		cancel()
+		_ = wait()
+		waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, i).State == StateCancelling && s.clock.sleepers() > 0 })
+		s.clock.Advance(2 * time.Second)
+		waitFor(t, settle, "the replacement", func() bool {
+			after = s.slot(t, i)
+			return after.State == StateReady && after.PID != before.PID
+		})
+		return before, after
 	}
-	// The slot on the other GPU than the spare's: its hung job's worker
-	// is replaced by a fresh start, and the spare stays a spare.
-	other := 0
-	if s.slot(t, 0).GPU == spare.GPU {
-		other = 1
-	}
-	before := s.slot(t, other)
-	// Occupy the spare's slot first so that the job lands on the other.
-	if other == 1 {
-		c0, w0 := s.start("cooperative")
-		defer func() { c0(); _ = w0() }()
-		waitFor(t, settle, "slot 0 busy", func() bool { return s.slot(t, 0).State == StateBusy })
-	}
-	cancel, wait := s.start("hang")
-	waitFor(t, settle, "the job to run", func() bool { return s.slot(t, other).State == StateBusy })
-	cancel()
-	_ = wait()
-	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, other).State == StateCancelling && s.clock.pending() > 0 })
-	s.clock.Advance(2 * time.Second)
-	waitFor(t, settle, "the replacement", func() bool {
-		w := s.slot(t, other)
-		return w.State == StateReady && w.PID != before.PID
-	})
-	if w := s.slot(t, other); w.PID == spare.PID {
+
+	before, after := hangOn(1 - same)
+	if after.PID == spare.PID {
 		t.Fatalf("the spare of GPU %s replaced the worker of GPU %s", spare.GPU, before.GPU)
 	}
-	if !s.spareReady() {
-		t.Fatalf("the spare is gone; want it still waiting for its own GPU")
+	if sp := s.spareStatus(); sp.PID != spare.PID {
+		t.Fatalf("ready spare = %+v; want pid %d still waiting for its own GPU", sp, spare.PID)
 	}
+
+	if _, after := hangOn(same); after.PID != spare.PID || after.GPU != spare.GPU {
+		t.Fatalf("after the kill on GPU %s the slot is %+v; want the spare, pid %d", spare.GPU, after, spare.PID)
+	}
+	waitFor(t, settle, "a new spare", func() bool {
+		sp := s.spareStatus()
+		return sp.PID != 0 && sp.PID != spare.PID && sp.GPU == spare.GPU
+	})
 }
