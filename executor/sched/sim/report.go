@@ -34,7 +34,7 @@ func LoadTable(rows []Row) string {
 			load += " bursty"
 		}
 		fmt.Fprintf(&b, "| %s | %d | %s | %.1f | %s | %d | %d | **%s** | %s | **%.3f** | %.3f | %s | %v |\n",
-			r.Policy, r.Workers, load, r.CV, pct(r.Stragglers, 2), res.Offered, res.Admitted, pct(res.Kept(), 2), pct(res.KeptNonStragglers(), 2),
+			r.Policy, r.Workers, load, r.CV, fmt.Sprintf("%g%%", 100*r.Stragglers), res.Offered, res.Admitted, pct(res.Kept(), 2), pct(res.KeptNonStragglers(), 2),
 			res.Goodput(), res.WastedShare(), refusals(res), r.Elapsed.Round(time.Millisecond))
 	}
 	return b.String()
