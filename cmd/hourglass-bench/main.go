@@ -90,6 +90,9 @@ type section struct {
 	// summary is the figure's headline, one line for the report's summary.
 	summary string
 	err     error
+	// carried marks a figure not run this time, kept from the report
+	// already there (see carry.go).
+	carried bool
 }
 
 func run(args []string) int {
