@@ -92,9 +92,10 @@ func (h *harness) figSim(s *section) error {
 
 // simLimits explains what bounds figure 6's numbers.
 const simLimits = "**Targets and what limits them.** At CV 0.2 with one straggler in 2,000, schedulable keeps ≥ 99.9 % of its promises at every load " +
-	"from 0.5× to 8× on 2 to 16 workers, Poisson or bursty, and its goodput at 4× is ≥ 0.9 of capacity; `go test ./executor/sched/sim` asserts both on fixed seeds. " +
+	"from 0.5× to 8×, Poisson or bursty (2 workers here; `go test ./executor/sched/sim` asserts it on 2, 4 and 8 on fixed seeds), and at 4× on 2 to 16 workers; " +
+	"its goodput at 4× is ≥ 0.9 of capacity. " +
 	"**Stragglers** cannot be foreseen: a 5× run misses any deadline under 5× its run time, so with one run in 500 a straggler the kept rate is " +
-	"about 99.9 % (the stragglers themselves), while the other jobs' promises stay ≥ 99.9 % kept; at 1 % stragglers it drops to about 99.5 %. " +
+	"just under 99.9 % (what it loses is the stragglers themselves), while the other jobs' promises stay ≥ 99.9 % kept; at 1 % stragglers it drops to about 99.5 %. " +
 	"**One worker** has no slack for an overrun: the schedulability test's fluid bound is exact there, so a job past its plan delays every promise behind it " +
 	"and a straggler holds the only worker until its deadline; it keeps about 99.7–99.8 % (several workers absorb most overruns in the bound's slack). " +
 	"A higher `admission.quantile` buys it back with goodput. **The flood**: the fair share keeps the flooder from booking the light tenants' time, " +
