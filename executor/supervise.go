@@ -90,9 +90,8 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 		e.log.Info("worker killed", "worker", s.id, "process", w.name, "pid", w.proc.PID(), "why", why, "exit", fmt.Sprint(w.proc.Err()))
 	}()
 
-	delay := time.Duration(0)
-	if deaths >= crashLoopDeaths {
-		delay = min(crashLoopMaxDelay, time.Second<<(deaths-crashLoopDeaths))
+	delay := crashLoopDelay(deaths)
+	if delay > 0 {
 		e.log.Warn("worker is crash-looping; holding it back", "worker", s.id, "deaths", deaths, "window", crashLoopWindow, "delay", delay)
 	} else if i := slices.IndexFunc(e.spares, func(w *workerProc) bool { return w.gpu == s.gpu }); i >= 0 {
 		s.w = e.spares[i]
@@ -112,6 +111,17 @@ func (e *Executor) replaceLocked(s *slot, w *workerProc, why string) bool {
 	e.wg.Add(1)
 	go e.restartSlot(s, delay)
 	return false
+}
+
+// crashLoopDelay is how long a slot whose worker died deaths times within
+// the crash-loop window waits before its next restart: nothing below
+// crashLoopDeaths, then 1 s doubling per further death, capped. (The
+// shift is bounded too, so that no count of deaths can overflow it.)
+func crashLoopDelay(deaths int) time.Duration {
+	if deaths < crashLoopDeaths {
+		return 0
+	}
+	return min(crashLoopMaxDelay, time.Second<<min(deaths-crashLoopDeaths, 16))
 }
 
 // countReplacement counts a worker killed (or found dead) and replaced.
