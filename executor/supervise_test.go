@@ -1,327 +1,153 @@
 package executor
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
-	hourglassv1 "github.com/hourglass-dev/hourglass/gen/hourglass/v1"
-	workerv1 "github.com/hourglass-dev/hourglass/gen/hourglass/worker/v1"
 )
 
-// The supervision state machine with a scripted fake worker and a virtual
-// clock: no program is started, and every wait (cancel grace, heartbeat,
-// crash-loop hold-back) passes exactly when the test advances the clock.
-// The same promises with real processes are in pool_test.go.
+// The supervision state machine on a scripted fake worker and a virtual
+// clock (fake_test.go): no program is started, and every wait (cancel
+// grace, heartbeat, crash-loop hold-back, start backoff) passes exactly
+// when the test advances the clock, so each is asserted 1 ms before and at
+// its end. The same promises with real processes are in pool_test.go.
+//
+// The tests wait, in real time, only for the executor's goroutines to reach
+// the next wait point (waitFor with settle): a state, or a timer armed on
+// the fake clock.
 
-// fakeClock is a virtual clock: timers fire only in Advance.
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-}
-
-type fakeTimer struct {
-	c      *fakeClock
-	at     time.Time
-	ch     chan time.Time
-	f      func()
-	active bool
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Unix(1_000_000, 0)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) NewTimer(d time.Duration) clockTimer { return c.add(d, nil) }
-
-func (c *fakeClock) AfterFunc(d time.Duration, f func()) clockTimer { return c.add(d, f) }
-
-func (c *fakeClock) add(d time.Duration, f func()) *fakeTimer {
-	c.mu.Lock()
-	t := &fakeTimer{c: c, at: c.now.Add(d), ch: make(chan time.Time, 1), f: f, active: true}
-	c.timers = append(c.timers, t)
-	c.mu.Unlock()
-	if d <= 0 {
-		c.Advance(0)
-	}
-	return t
-}
-
-func (t *fakeTimer) C() <-chan time.Time { return t.ch }
-
-func (t *fakeTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	was := t.active
-	t.active = false
-	return was
-}
-
-func (t *fakeTimer) Reset(d time.Duration) bool {
-	t.c.mu.Lock()
-	was := t.active
-	t.at, t.active = t.c.now.Add(d), true
-	if !slices.Contains(t.c.timers, t) {
-		t.c.timers = append(t.c.timers, t)
-	}
-	t.c.mu.Unlock()
-	return was
-}
-
-// Advance moves the clock on by d and fires, in time order, every timer
-// that is due.
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	var due, keep []*fakeTimer
-	for _, t := range c.timers {
-		switch {
-		case !t.active:
-		case !t.at.After(c.now):
-			t.active = false
-			due = append(due, t)
-		default:
-			keep = append(keep, t)
+func TestBackoffSchedules(t *testing.T) {
+	ms := time.Millisecond
+	for _, tt := range []struct {
+		failures int
+		want     time.Duration
+	}{{1, 100 * ms}, {2, 200 * ms}, {3, 400 * ms}, {4, 800 * ms}, {5, 1600 * ms}, {6, 3200 * ms},
+		{7, 6400 * ms}, {8, 10 * time.Second}, {9, 10 * time.Second}, {100, 10 * time.Second}} {
+		if got := startBackoff(tt.failures); got != tt.want {
+			t.Errorf("startBackoff(%d) = %v; want %v", tt.failures, got, tt.want)
 		}
 	}
-	c.timers = keep
-	now := c.now
-	c.mu.Unlock()
-	slices.SortStableFunc(due, func(a, b *fakeTimer) int { return a.at.Compare(b.at) })
-	for _, t := range due {
-		if t.f != nil {
-			go t.f()
-			continue
+	for _, tt := range []struct {
+		deaths int
+		want   time.Duration
+	}{{0, 0}, {1, 0}, {crashLoopDeaths - 1, 0}, {crashLoopDeaths, time.Second}, {crashLoopDeaths + 1, 2 * time.Second},
+		{crashLoopDeaths + 2, 4 * time.Second}, {crashLoopDeaths + 4, 16 * time.Second},
+		{crashLoopDeaths + 5, crashLoopMaxDelay}, {crashLoopDeaths + 100, crashLoopMaxDelay}} {
+		if got := crashLoopDelay(tt.deaths); got != tt.want {
+			t.Errorf("crashLoopDelay(%d) = %v; want %v", tt.deaths, got, tt.want)
 		}
+	}
+}
+
+// The fake clock fires a timer exactly at its time, in time order, never
+// after Stop, again after Reset, and at once when it is due at once.
+func TestFakeClock(t *testing.T) {
+	c := newFakeClock()
+	start := c.Now()
+	fired := func(tm clockTimer) bool {
 		select {
-		case t.ch <- now:
+		case <-tm.C():
+			return true
 		default:
+			return false
 		}
 	}
-}
-
-// sleepers is the number of NewTimer timers armed and not yet fired: each
-// is a goroutine of the executor waiting on the clock (a cancel grace, an
-// idle poll, a backoff), which Advance can now wake. AfterFunc timers (the
-// heartbeat of every running call) are counted apart, by funcs, so that a
-// job running on another slot does not pass for the wait a test expects.
-func (c *fakeClock) sleepers() int { return c.armed(false) }
-
-// funcs is the number of AfterFunc timers armed and not yet fired.
-func (c *fakeClock) funcs() int { return c.armed(true) }
-
-func (c *fakeClock) armed(funcs bool) int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := 0
-	for _, t := range c.timers {
-		if t.active && (t.f != nil) == funcs {
-			n++
-		}
+	a, b, stopped := c.NewTimer(2*time.Second), c.NewTimer(time.Second), c.NewTimer(time.Second)
+	calls := make(chan time.Time, 1)
+	f := c.AfterFunc(3*time.Second, func() { calls <- c.Now() })
+	if !stopped.Stop() || stopped.Stop() {
+		t.Fatalf("Stop of an armed timer, then again: want true, then false")
 	}
-	return n
-}
-
-// fakeWorker is a worker process and its gRPC client at once. Its Run
-// follows the job's fault: "" finishes; "hang" ignores the cancel and
-// stays busy; "cooperative" stops when cancelled; "crash" dies mid-job;
-// "silent" sends nothing and stays busy.
-type fakeWorker struct {
-	pid      int
-	gpu      string
-	exited   chan struct{}
-	exitOnce sync.Once
-	busy     atomic.Bool
-	kills    atomic.Int32
-}
-
-func (w *fakeWorker) PID() int                { return w.pid }
-func (w *fakeWorker) Exited() <-chan struct{} { return w.exited }
-func (w *fakeWorker) Err() error {
-	if alive(w) {
-		return nil
+	c.Advance(time.Second - time.Nanosecond)
+	if fired(a) || fired(b) {
+		t.Fatalf("a timer fired before its time")
 	}
-	return errors.New("signal: killed")
-}
-func (w *fakeWorker) Kill()              { w.kills.Add(1); w.die() }
-func (w *fakeWorker) Stop(time.Duration) { w.die() }
-func (w *fakeWorker) die()               { w.exitOnce.Do(func() { close(w.exited) }) }
-func (w *fakeWorker) isKilled() bool     { return w.kills.Load() > 0 }
-func (w *fakeWorker) describeBusy() bool { return w.busy.Load() }
-func (w *fakeWorker) setBusy(busy bool)  { w.busy.Store(busy) }
-func (w *fakeWorker) Describe(_ context.Context, _ *workerv1.DescribeRequest, _ ...grpc.CallOption) (*workerv1.DescribeResponse, error) {
-	if !alive(w) {
-		return nil, status.Error(codes.Unavailable, "connection refused")
+	c.Advance(time.Nanosecond)
+	if !fired(b) || fired(a) || fired(stopped) {
+		t.Fatalf("at 1 s: want only the 1 s timer fired")
 	}
-	return &workerv1.DescribeResponse{Busy: w.describeBusy(), Device: "fake",
-		Models: []*workerv1.Model{{Name: "m", Default: true}}}, nil
-}
-
-func (w *fakeWorker) Run(ctx context.Context, req *workerv1.RunRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[workerv1.RunResponse], error) {
-	if w.describeBusy() {
-		return nil, status.Error(codes.FailedPrecondition, "busy")
+	if c.sleepers() != 1 || c.funcs() != 1 {
+		t.Fatalf("armed: %d timers, %d funcs; want 1 and 1", c.sleepers(), c.funcs())
 	}
-	w.setBusy(true)
-	return &fakeStream{w: w, ctx: ctx, fault: req.GetJob().GetFault()}, nil
-}
-
-// fakeStream is one Run call's events.
-type fakeStream struct {
-	grpc.ClientStream // unused: the executor only calls Recv
-	w                 *fakeWorker
-	ctx               context.Context
-	fault             string
-	sent              int
-}
-
-func (s *fakeStream) Recv() (*workerv1.RunResponse, error) {
-	w := s.w
-	switch s.fault {
-	case "":
-		s.sent++
-		switch s.sent {
-		case 1:
-			return &workerv1.RunResponse{Event: &workerv1.RunResponse_Progress{Progress: &workerv1.Progress{Step: 1}}}, nil
-		case 2:
-			return &workerv1.RunResponse{Event: &workerv1.RunResponse_Image{Image: &hourglassv1.Image{}}}, nil
-		}
-		w.setBusy(false)
-		return nil, io.EOF
-	case "crash":
-		w.die()
-		return nil, status.Error(codes.Unavailable, "error reading from server: EOF")
+	if !f.Reset(4 * time.Second) {
+		t.Fatalf("Reset of an armed timer = false; want true")
 	}
-	// hang, cooperative, silent: nothing until the call is cancelled (by
-	// the caller, or by the heartbeat) or the worker dies.
-	select {
-	case <-s.ctx.Done():
-	case <-w.exited:
-		return nil, status.Error(codes.Unavailable, "error reading from server: EOF")
+	if d, ok := c.funcDue(); !ok || d != 4*time.Second {
+		t.Fatalf("funcDue after Reset = %v, %v; want 4s", d, ok)
 	}
-	if s.fault == "cooperative" {
-		w.setBusy(false)
+	c.Advance(4 * time.Second)
+	if !fired(a) {
+		t.Fatalf("the 2 s timer did not fire by 5 s")
 	}
-	return nil, status.FromContextError(s.ctx.Err()).Err()
-}
-
-// fakeLauncher starts fake workers; failStarts makes that many starts fail.
-type fakeLauncher struct {
-	mu         sync.Mutex
-	workers    []*fakeWorker
-	failStarts int
-	nextPID    int
-}
-
-func (l *fakeLauncher) launch(_ context.Context, name, gpu string, _ <-chan struct{}) (*workerProc, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.failStarts > 0 {
-		l.failStarts--
-		return nil, errors.New("fake worker failed to start")
+	if at := <-calls; !at.Equal(start.Add(5 * time.Second)) {
+		t.Fatalf("AfterFunc saw the clock at %v; want 5 s", at.Sub(start))
 	}
-	l.nextPID++
-	w := &fakeWorker{pid: 10000 + l.nextPID, gpu: gpu, exited: make(chan struct{})}
-	l.workers = append(l.workers, w)
-	desc, _ := w.Describe(context.Background(), nil)
-	return &workerProc{name: name, proc: w, client: w, desc: desc, gpu: gpu}, nil
-}
-
-func (l *fakeLauncher) byPID(pid int) *fakeWorker {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, w := range l.workers {
-		if w.pid == pid {
-			return w
-		}
+	if now := c.NewTimer(0); !fired(now) {
+		t.Fatalf("a timer due at once did not fire")
 	}
-	return nil
 }
 
-func (l *fakeLauncher) started() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.workers)
-}
-
-func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
-// supervised is an executor on fakes.
-type supervised struct {
-	*Executor
-	clock    *fakeClock
-	launcher *fakeLauncher
-}
-
-func newSupervised(t *testing.T, cfg Config) *supervised {
-	t.Helper()
-	if cfg.Workers == 0 {
-		cfg.Workers = 1
+// What a job's end does to its worker: a finished or refused job keeps
+// the worker; a crash has it reaped and replaced, by the ready spare at
+// once, else by a fresh start.
+func TestSupervisionJobOutcomes(t *testing.T) {
+	tests := []struct {
+		name     string
+		fault    string
+		spares   int
+		wantKind string
+		replaced bool
+	}{
+		{name: "success keeps the worker", fault: "", wantKind: "ok"},
+		{name: "out of memory keeps the worker", fault: "oom", wantKind: "out_of_memory"},
+		{name: "crash: a fresh start", fault: "crash", wantKind: "worker_crashed", replaced: true},
+		{name: "crash: the spare takes over", fault: "crash", spares: 1, wantKind: "worker_crashed", replaced: true},
 	}
-	cfg.QueueMax = 16
-	cfg.Cancellation = true
-	cfg.CancelGrace = 2 * time.Second
-	cfg.Command = []string{"fake"}
-	cfg.WorkerLogs = io.Discard
-	cfg.Logger = discardLogger()
-	clk, l := newFakeClock(), &fakeLauncher{}
-	e, err := newExecutor(context.Background(), cfg, l, clk)
-	if err != nil {
-		t.Fatalf("newExecutor: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSupervised(t, Config{Spares: tt.spares})
+			var spare WorkerStatus
+			if tt.spares > 0 {
+				waitFor(t, settle, "the spare", s.spareReady)
+				spare = s.spareStatus()
+			}
+			before := s.slot(t, 0)
+			if err := s.start(tt.fault).wait(); kindOf(err) != tt.wantKind {
+				t.Fatalf("Run(%q) = %v; want %s", tt.fault, err, tt.wantKind)
+			}
+			if !tt.replaced {
+				waitFor(t, settle, "the slot to be ready", func() bool { return s.slot(t, 0).State == StateReady })
+				if w := s.slot(t, 0); w.PID != before.PID || w.Restarts != 0 || w.JobsDone != 1 {
+					t.Fatalf("after %q w0 = %+v; want pid %d, 1 job done, no restart", tt.fault, w, before.PID)
+				}
+				return
+			}
+			waitFor(t, settle, "the replacement", func() bool {
+				w := s.slot(t, 0)
+				return w.State == StateReady && w.Restarts == 1
+			})
+			waitFor(t, settle, "the dead worker to be reaped", s.launcher.byPID(before.PID).isKilled)
+			w := s.slot(t, 0)
+			if tt.spares > 0 {
+				if w.PID != spare.PID {
+					t.Fatalf("after the crash w0 has pid %d; want the spare's, %d", w.PID, spare.PID)
+				}
+				waitFor(t, settle, "a new spare", func() bool {
+					sp := s.spareStatus()
+					return sp.PID != 0 && sp.PID != spare.PID
+				})
+			} else if w.PID == before.PID || s.launcher.started() != 2 {
+				t.Fatalf("after the crash w0 = %+v, %d workers started; want a second worker", w, s.launcher.started())
+			}
+			if err := s.start("").wait(); err != nil {
+				t.Fatalf("Run after the crash = %v; want OK", err)
+			}
+		})
 	}
-	t.Cleanup(e.Close)
-	return &supervised{e, clk, l}
 }
 
-// start runs a job with fault on the executor in the background; the
-// returned cancel ends the caller's call, wait returns Run's error.
-func (s *supervised) start(fault string) (cancel func(), wait func() error) {
-	ctx, cancelCtx := context.WithTimeout(context.Background(), time.Hour)
-	errc := make(chan error, 1)
-	job := &workerv1.Job{Id: "fake", Width: 64, Height: 64, Steps: 1, ImageCount: 1, Model: "m", Fault: fault}
-	go func() {
-		_, err := s.Run(ctx, job, "tenant", nil)
-		errc <- err
-	}()
-	return cancelCtx, func() error { defer cancelCtx(); return <-errc }
-}
-
-func (s *supervised) slot(t *testing.T, i int) WorkerStatus {
-	t.Helper()
-	return s.Status().Workers[i]
-}
-
-func (s *supervised) spareReady() bool { return s.spareStatus().PID != 0 }
-
-// spareStatus is the first ready spare, zero when there is none.
-func (s *supervised) spareStatus() WorkerStatus {
-	for _, w := range s.Status().Workers {
-		if w.Spare && w.State == StateReady {
-			return w
-		}
-	}
-	return WorkerStatus{}
-}
-
-// The wait points of the state machine are the fake clock's timers: these
-// helpers let the executor's goroutines reach them before time moves.
-const settle = 10 * time.Second
-
+// A cancelled job's worker that goes idle is kept; one that stays busy is
+// killed exactly when the cancel grace expires, and replaced.
 func TestSupervisionCancelAndKill(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -344,10 +170,10 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 				spare = s.spareStatus()
 			}
 			before := s.slot(t, 0)
-			cancel, wait := s.start(tt.fault)
+			c := s.start(tt.fault)
 			waitFor(t, settle, "the job to run", func() bool { return s.slot(t, 0).State == StateBusy })
-			cancel()
-			if err := wait(); KindOf(err) != KindCanceled {
+			c.cancel()
+			if err := c.wait(); KindOf(err) != KindCanceled {
 				t.Fatalf("Run = %v; want canceled", err)
 			}
 			if tt.wantSame {
@@ -357,11 +183,11 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 				}
 				return
 			}
-			waitFor(t, settle, "the cancel-grace wait", func() bool {
-				return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0
-			})
+			waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling })
+			s.clock.expectSleeper(t, "the first idle poll", idlePollInterval)
 			s.clock.Advance(2*time.Second - time.Millisecond)
-			waitFor(t, settle, "the idle poll to rearm", func() bool { return s.clock.sleepers() > 0 })
+			// The last poll waits only for what is left of the grace.
+			s.clock.expectSleeper(t, "the last idle poll", time.Millisecond)
 			if w := s.launcher.byPID(before.PID); w.isKilled() || s.slot(t, 0).State != StateCancelling {
 				t.Fatalf("1 ms before the grace expired: killed %v, state %v; want still cancelling", w.isKilled(), s.slot(t, 0).State)
 			}
@@ -390,16 +216,22 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 
 // A crash is reaped and replaced at once; a hung job's kill does not
 // count toward the crash loop; the fifth crash within the window holds the
-// slot back 1 s, the sixth 2 s, exactly; once the window has passed, a
-// crash is replaced at once again.
+// slot back 1 s, the sixth 2 s, the seventh 4 s, exactly, while health
+// says not serving; once the window has passed, a crash is replaced at
+// once again.
 func TestSupervisionCrashLoop(t *testing.T) {
-	s := newSupervised(t, Config{})
+	var serving []bool // guarded by the executor's lock, which calls it
+	s := newSupervised(t, Config{OnServingChange: func(on bool) { serving = append(serving, on) }})
+	servingChanges := func() []bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return append([]bool(nil), serving...)
+	}
 	restarts := uint32(0)
 	crash := func() {
 		t.Helper()
 		pid := s.slot(t, 0).PID
-		_, wait := s.start("crash")
-		if err := wait(); KindOf(err) != KindWorkerCrashed {
+		if err := s.start("crash").wait(); KindOf(err) != KindWorkerCrashed {
 			t.Fatalf("Run(crash) = %v; want worker_crashed", err)
 		}
 		// Dead by itself, yet killed all the same: the kill takes the
@@ -423,127 +255,242 @@ func TestSupervisionCrashLoop(t *testing.T) {
 		replacedAtOnce(fmt.Sprintf("crash %d", i))
 	}
 	// A hung job's kill is the job's fault, not the worker's.
-	cancel, wait := s.start("hang")
+	c := s.start("hang")
 	waitFor(t, settle, "the job to run", func() bool { return s.slot(t, 0).State == StateBusy })
-	cancel()
-	_ = wait()
-	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0 })
+	c.cancel()
+	_ = c.wait()
+	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling })
+	s.clock.expectSleeper(t, "the idle poll", idlePollInterval)
 	s.clock.Advance(2 * time.Second)
 	restarts++
 	replacedAtOnce("the hung job's kill")
 
-	for _, hold := range []time.Duration{time.Second, 2 * time.Second} {
+	for _, hold := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
 		crash()
-		waitFor(t, settle, "the hold-back", func() bool {
-			return s.slot(t, 0).State == StateBackoff && s.clock.sleepers() > 0
-		})
+		waitFor(t, settle, "the hold-back", func() bool { return s.slot(t, 0).State == StateBackoff })
+		s.clock.expectSleeper(t, "the hold-back", hold)
+		if st := s.Status(); st.Serving {
+			t.Fatalf("held back %v: Status().Serving = true with the only slot in backoff; want false", hold)
+		}
 		s.clock.Advance(hold - time.Millisecond)
 		if st := s.slot(t, 0).State; st != StateBackoff {
 			t.Fatalf("1 ms before the %v hold-back ended: %v; want backoff", hold, st)
 		}
 		s.clock.Advance(time.Millisecond)
 		waitFor(t, settle, "the restart after the hold-back", func() bool { return s.slot(t, 0).State == StateReady })
+		if ch := servingChanges(); !s.Status().Serving || len(ch) < 2 || ch[len(ch)-2] || !ch[len(ch)-1] {
+			t.Fatalf("after the %v hold-back: serving changes %v; want …, false, true", hold, ch)
+		}
 	}
 	s.clock.Advance(crashLoopWindow)
 	crash()
 	replacedAtOnce("a crash after the window")
 }
 
-// A worker silent past the heartbeat is cancelled as wedged, then killed
-// after the grace; its caller learns the worker was replaced.
+// The heartbeat: a busy worker silent for it is wedged, its call
+// cancelled exactly then and its caller told the worker crashed; a worker
+// that then goes idle is kept, one that stays busy is killed after the
+// grace; every event starts the heartbeat over.
 func TestSupervisionHeartbeat(t *testing.T) {
-	s := newSupervised(t, Config{Heartbeat: 5 * time.Second})
-	before := s.slot(t, 0)
-	_, wait := s.start("silent")
-	waitFor(t, settle, "the heartbeat timer", func() bool { return s.slot(t, 0).State == StateBusy && s.clock.funcs() > 0 })
-	s.clock.Advance(5 * time.Second)
-	if err := wait(); KindOf(err) != KindWorkerCrashed {
-		t.Fatalf("Run(silent) = %v; want worker_crashed (wedged)", err)
+	const heartbeat = 5 * time.Second
+	tests := []struct {
+		name   string
+		fault  string
+		stepAt time.Duration // a progress event this long into the job; 0: none
+		killed bool
+	}{
+		{name: "silent and stays busy: killed after the grace", fault: "silent", killed: true},
+		{name: "silent, idle once cancelled: kept", fault: "cooperative"},
+		{name: "a progress event starts the heartbeat over", fault: "stepping", stepAt: 4 * time.Second},
 	}
-	waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling && s.clock.sleepers() > 0 })
-	s.clock.Advance(2 * time.Second)
-	waitFor(t, settle, "a new worker", func() bool {
-		w := s.slot(t, 0)
-		return w.State == StateReady && w.PID != before.PID
-	})
-	waitFor(t, settle, "the wedged worker to be killed", s.launcher.byPID(before.PID).isKilled)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSupervised(t, Config{Heartbeat: heartbeat})
+			before := s.slot(t, 0)
+			c := s.start(tt.fault)
+			waitFor(t, settle, "the heartbeat timer", func() bool { return s.slot(t, 0).State == StateBusy && s.clock.funcs() > 0 })
+			if d, _ := s.clock.funcDue(); d != heartbeat {
+				t.Fatalf("the heartbeat fires in %v; want %v", d, heartbeat)
+			}
+			if tt.stepAt > 0 {
+				s.clock.Advance(tt.stepAt)
+				s.launcher.byPID(before.PID).step(t)
+				waitFor(t, settle, "the heartbeat to start over", func() bool {
+					d, ok := s.clock.funcDue()
+					return ok && d == heartbeat
+				})
+			}
+			s.clock.Advance(heartbeat - time.Millisecond)
+			if c.returned() || s.slot(t, 0).State != StateBusy {
+				t.Fatalf("1 ms before the heartbeat: returned %v, w0 %v; want still running", c.returned(), s.slot(t, 0).State)
+			}
+			s.clock.Advance(time.Millisecond)
+			if err := c.wait(); KindOf(err) != KindWorkerCrashed {
+				t.Fatalf("Run(%s) = %v; want worker_crashed (wedged)", tt.fault, err)
+			}
+			if !tt.killed {
+				waitFor(t, settle, "the worker to be ready again", func() bool { return s.slot(t, 0).State == StateReady })
+				if w := s.slot(t, 0); w.PID != before.PID || w.Restarts != 0 {
+					t.Fatalf("after the wedged call w0 = %+v; want pid %d kept", w, before.PID)
+				}
+				return
+			}
+			waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, 0).State == StateCancelling })
+			s.clock.expectSleeper(t, "the idle poll", idlePollInterval)
+			s.clock.Advance(2 * time.Second)
+			waitFor(t, settle, "a new worker", func() bool {
+				w := s.slot(t, 0)
+				return w.State == StateReady && w.PID != before.PID && w.Restarts == 1
+			})
+			waitFor(t, settle, "the wedged worker to be killed", s.launcher.byPID(before.PID).isKilled)
+		})
+	}
 }
 
-// An idle worker that dies is replaced; failed starts back off 100 ms,
-// then 200 ms, on the clock.
-func TestSupervisionIdleDeathAndStartBackoff(t *testing.T) {
-	s := newSupervised(t, Config{})
-	before := s.slot(t, 0)
-	s.launcher.mu.Lock()
-	s.launcher.failStarts = 2
-	s.launcher.mu.Unlock()
-	s.launcher.byPID(before.PID).die() // the OOM killer, an operator
-	for _, d := range []time.Duration{100 * time.Millisecond, 200 * time.Millisecond} {
-		waitFor(t, settle, "the start backoff", func() bool { return s.slot(t, 0).State == StateBackoff && s.clock.sleepers() > 0 })
-		s.clock.Advance(d - time.Millisecond)
-		if st := s.slot(t, 0).State; st != StateBackoff {
-			t.Fatalf("1 ms before the %v start backoff ended: %v; want backoff", d, st)
-		}
-		s.clock.Advance(time.Millisecond)
+// A worker that dies while idle (the OOM killer, an operator) is replaced
+// before a job is sent to it: by the ready spare at once, else by a fresh
+// start; a dead spare is replaced by a new spare.
+func TestSupervisionIdleDeath(t *testing.T) {
+	tests := []struct {
+		name     string
+		spares   int
+		dieSpare bool
+	}{
+		{name: "slot worker, no spare: a fresh start"},
+		{name: "slot worker: the spare takes over", spares: 1},
+		{name: "spare: a new spare", spares: 1, dieSpare: true},
 	}
-	waitFor(t, settle, "a new worker", func() bool {
-		w := s.slot(t, 0)
-		return w.State == StateReady && w.PID != before.PID
-	})
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newSupervised(t, Config{Spares: tt.spares})
+			var spare WorkerStatus
+			if tt.spares > 0 {
+				waitFor(t, settle, "the spare", s.spareReady)
+				spare = s.spareStatus()
+			}
+			before := s.slot(t, 0)
+			switch {
+			case tt.dieSpare:
+				s.launcher.byPID(spare.PID).die()
+				waitFor(t, settle, "a new spare", func() bool {
+					sp := s.spareStatus()
+					return sp.PID != 0 && sp.PID != spare.PID
+				})
+				if w := s.slot(t, 0); w.PID != before.PID || w.Restarts != 0 || w.State != StateReady {
+					t.Fatalf("after the spare died w0 = %+v; want untouched", w)
+				}
+			case tt.spares > 0:
+				s.launcher.byPID(before.PID).die()
+				waitFor(t, settle, "the spare to take over", func() bool {
+					w := s.slot(t, 0)
+					return w.PID == spare.PID && w.State == StateReady && w.Restarts == 1
+				})
+				waitFor(t, settle, "a new spare", func() bool {
+					sp := s.spareStatus()
+					return sp.PID != 0 && sp.PID != spare.PID
+				})
+			default:
+				s.launcher.byPID(before.PID).die()
+				waitFor(t, settle, "a fresh worker", func() bool {
+					w := s.slot(t, 0)
+					return w.PID != before.PID && w.State == StateReady && w.Restarts == 1
+				})
+			}
+			if err := s.start("").wait(); err != nil {
+				t.Fatalf("Run after the death = %v; want OK", err)
+			}
+		})
+	}
 }
 
-// A spare replaces only a worker of its own GPU: a hung job's worker on
-// the other GPU is replaced by a fresh start while the spare waits; one on
-// the spare's GPU is replaced by the spare.
+// Failed starts back off 100 ms, doubling per failure up to 10 s, on the
+// clock: nothing is tried 1 ms before each backoff ends, one start at its
+// end. The same for a slot's worker and for a spare.
+func TestSupervisionStartBackoff(t *testing.T) {
+	ms := time.Millisecond
+	schedule := []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, 1600 * ms, 3200 * ms, 6400 * ms,
+		10 * time.Second, 10 * time.Second}
+	for _, spare := range []bool{false, true} {
+		t.Run(map[bool]string{false: "slot", true: "spare"}[spare], func(t *testing.T) {
+			s := newSupervised(t, Config{Spares: map[bool]int{false: 0, true: 1}[spare]})
+			dead := s.slot(t, 0)
+			if spare {
+				waitFor(t, settle, "the spare", s.spareReady)
+				dead = s.spareStatus()
+			}
+			waiting := func() bool { // the state the failed start left
+				if spare {
+					return !s.spareReady() && s.Status().Workers[1].State == StateStarting
+				}
+				return s.slot(t, 0).State == StateBackoff && !s.Status().Serving
+			}
+			s.launcher.failNext(len(schedule))
+			tried := s.launcher.tried()
+			s.launcher.byPID(dead.PID).die()
+			for i, d := range schedule {
+				tried++
+				what := fmt.Sprintf("the backoff after failed start %d", i+1)
+				waitFor(t, settle, what, func() bool { return s.launcher.tried() == tried && waiting() })
+				s.clock.expectSleeper(t, what, d)
+				s.clock.Advance(d - ms)
+				if got := s.launcher.tried(); got != tried || !waiting() {
+					t.Fatalf("1 ms before the %v backoff after failure %d ended: %d starts tried, waiting %v; want %d, true",
+						d, i+1, got, waiting(), tried)
+				}
+				s.clock.Advance(ms)
+			}
+			waitFor(t, settle, "the start after the last backoff", func() bool {
+				if spare {
+					sp := s.spareStatus()
+					return sp.PID != 0 && sp.PID != dead.PID
+				}
+				w := s.slot(t, 0)
+				return w.State == StateReady && w.PID != dead.PID
+			})
+			if got := s.launcher.tried(); got != tried+1 {
+				t.Fatalf("%d starts tried; want %d", got, tried+1)
+			}
+		})
+	}
+}
+
+// A spare replaces only a worker of its own GPU: the worker of the other
+// GPU is replaced by a fresh start on that GPU, while the spare waits;
+// then the spare takes over its own GPU's worker, and the new spare
+// starts on that GPU.
 func TestSupervisionSpareKeepsItsGPU(t *testing.T) {
 	s := newSupervised(t, Config{Workers: 2, Spares: 1, GPUs: []string{"0", "1"}})
 	waitFor(t, settle, "the spare", s.spareReady)
 	spare := s.spareStatus()
-	same := 0 // the slot on the spare's GPU
+	own, other := 0, 1
 	if s.slot(t, 0).GPU != spare.GPU {
-		same = 1
+		own, other = 1, 0
 	}
-	// hangOn kills slot i's worker through a hung job: killed after the
-	// grace, and replaced. Dispatch takes the first ready slot, so slot 0
-	// is kept busy with a cooperative job when the hang is for slot 1.
-	hangOn := func(i int) (before, after WorkerStatus) {
-		t.Helper()
-		if i == 1 {
-			c0, w0 := s.start("cooperative")
-			defer func() {
-				c0()
-				_ = w0()
-				waitFor(t, settle, "slot 0 ready again", func() bool { return s.slot(t, 0).State == StateReady })
-			}()
-			waitFor(t, settle, "slot 0 busy", func() bool { return s.slot(t, 0).State == StateBusy })
-		}
-		before = s.slot(t, i)
-		cancel, wait := s.start("hang")
-		waitFor(t, settle, "the job to run", func() bool { return s.slot(t, i).State == StateBusy })
-		cancel()
-		_ = wait()
-		waitFor(t, settle, "the cancel-grace wait", func() bool { return s.slot(t, i).State == StateCancelling && s.clock.sleepers() > 0 })
-		s.clock.Advance(2 * time.Second)
-		waitFor(t, settle, "the replacement", func() bool {
-			after = s.slot(t, i)
-			return after.State == StateReady && after.PID != before.PID
-		})
-		return before, after
-	}
-
-	before, after := hangOn(1 - same)
-	if after.PID == spare.PID {
-		t.Fatalf("the spare of GPU %s replaced the worker of GPU %s", spare.GPU, before.GPU)
+	before := s.slot(t, other)
+	s.launcher.byPID(before.PID).die()
+	waitFor(t, settle, "the other GPU's replacement", func() bool {
+		w := s.slot(t, other)
+		return w.State == StateReady && w.PID != before.PID
+	})
+	if w := s.slot(t, other); w.PID == spare.PID || s.launcher.byPID(w.PID).gpu != before.GPU {
+		t.Fatalf("the worker of GPU %s was replaced by pid %d on GPU %q; want a fresh start on GPU %s, not the spare (GPU %s)",
+			before.GPU, w.PID, s.launcher.byPID(w.PID).gpu, before.GPU, spare.GPU)
 	}
 	if sp := s.spareStatus(); sp.PID != spare.PID {
-		t.Fatalf("ready spare = %+v; want pid %d still waiting for its own GPU", sp, spare.PID)
+		t.Fatalf("the spare is %+v; want %+v still waiting for its own GPU", sp, spare)
 	}
 
-	if _, after := hangOn(same); after.PID != spare.PID || after.GPU != spare.GPU {
-		t.Fatalf("after the kill on GPU %s the slot is %+v; want the spare, pid %d", spare.GPU, after, spare.PID)
-	}
+	mine := s.slot(t, own)
+	s.launcher.byPID(mine.PID).die()
+	waitFor(t, settle, "the spare to take over its own GPU", func() bool {
+		w := s.slot(t, own)
+		return w.State == StateReady && w.PID == spare.PID
+	})
 	waitFor(t, settle, "a new spare", func() bool {
 		sp := s.spareStatus()
-		return sp.PID != 0 && sp.PID != spare.PID && sp.GPU == spare.GPU
+		return sp.PID != 0 && sp.PID != spare.PID
 	})
+	if sp := s.spareStatus(); sp.GPU != spare.GPU || s.launcher.byPID(sp.PID).gpu != spare.GPU {
+		t.Fatalf("the new spare is on GPU %q; want %s, where the last one went", sp.GPU, spare.GPU)
+	}
 }
