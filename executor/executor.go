@@ -10,10 +10,12 @@
 // The parts: executor.go is the Run call's life (admission through the
 // core, waiting, answering at the deadline); dispatch.go hands jobs to idle
 // slots and runs the worker call; supervise.go is what happens to a worker
-// afterwards (idle, cancelled, killed, replaced, held back). Supervision
-// reaches processes only through the launcher and workerProcess
-// interfaces and time only through clock, so its state machine is tested
-// with fakes and virtual time (supervise_test.go) and with real processes
+// afterwards (idle, cancelled, killed, replaced, held back) or when it
+// dies idle, with the hot spares and the restarts; worker.go and
+// process.go start the real processes. Supervision reaches processes only
+// through the launcher and workerProcess interfaces and time only through
+// clock, so its state machine is tested with fakes and virtual time
+// (supervise_test.go, on fake_test.go) and with real processes
 // (pool_test.go).
 //
 // The promises it keeps:

@@ -14,10 +14,11 @@ import (
 )
 
 // Supervision: what happens to a worker process once its job has ended,
-// or when it dies on its own. It is written against the launcher,
-// workerProcess and clock interfaces, so that supervise_test.go drives the
-// state machine with fakes and virtual time; pool_test.go checks the same
-// promises with real processes.
+// or when it dies on its own; the hot spares; restarts and their backoffs.
+// It is written against the launcher, workerProcess and clock interfaces,
+// so that supervise_test.go drives the state machine with fakes
+// (fake_test.go) and virtual time; pool_test.go checks the same promises
+// with real processes.
 
 // Crash-loop policy: a slot whose worker died crashLoopDeaths times within
 // crashLoopWindow is held back before each further restart, 1 s doubling
