@@ -416,6 +416,19 @@ func (s *supervised) slot(t *testing.T, i int) WorkerStatus {
 
 func (s *supervised) spareReady() bool { return s.spareStatus().PID != 0 }
 
+// readySpare waits for a ready spare and returns it.
+func (s *supervised) readySpare(t *testing.T) WorkerStatus {
+	t.Helper()
+	waitFor(t, settle, "the spare", s.spareReady)
+	return s.spareStatus()
+}
+
+// newSpare reports whether a ready spare other than old is there.
+func (s *supervised) newSpare(old WorkerStatus) bool {
+	sp := s.spareStatus()
+	return sp.PID != 0 && sp.PID != old.PID
+}
+
 // spareStatus is the first ready spare, zero when there is none.
 func (s *supervised) spareStatus() WorkerStatus {
 	for _, w := range s.Status().Workers {

@@ -97,15 +97,20 @@ func (e *Executor) Status() Status {
 	return st
 }
 
-// servingLocked: some slot has a live worker (ready, busy or cancelling).
-func (e *Executor) servingLocked() bool {
+// servingLocked: some slot has a live worker.
+func (e *Executor) servingLocked() bool { return e.liveLocked() > 0 }
+
+// liveLocked counts the slots with a live worker (ready, busy or
+// cancelling): the workers that serve the queue.
+func (e *Executor) liveLocked() int {
+	live := 0
 	for _, s := range e.slots {
 		switch s.state {
 		case StateReady, StateBusy, StateCancelling:
-			return true
+			live++
 		}
 	}
-	return false
+	return live
 }
 
 // changedLocked reports health changes to the server after any slot
@@ -114,19 +119,13 @@ func (e *Executor) changedLocked() {
 	if e.closed {
 		return
 	}
-	live := 0
-	for _, s := range e.slots {
-		switch s.state {
-		case StateReady, StateBusy, StateCancelling:
-			live++
-		}
-	}
+	live := e.liveLocked()
 	// Before the first worker serves, plan on the configured pool: the
 	// workers are starting, and a queue planned on none would refuse all.
 	if live > 0 && live != e.sch.Workers() {
 		e.sch.SetWorkers(live)
 	}
-	serving := e.servingLocked()
+	serving := live > 0
 	if serving != e.serving {
 		e.serving = serving
 		if e.cfg.OnServingChange != nil {

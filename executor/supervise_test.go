@@ -108,8 +108,7 @@ func TestSupervisionJobOutcomes(t *testing.T) {
 			s := newSupervised(t, Config{Spares: tt.spares})
 			var spare WorkerStatus
 			if tt.spares > 0 {
-				waitFor(t, settle, "the spare", s.spareReady)
-				spare = s.spareStatus()
+				spare = s.readySpare(t)
 			}
 			before := s.slot(t, 0)
 			if err := s.start(tt.fault).wait(); kindOf(err) != tt.wantKind {
@@ -132,10 +131,7 @@ func TestSupervisionJobOutcomes(t *testing.T) {
 				if w.PID != spare.PID {
 					t.Fatalf("after the crash w0 has pid %d; want the spare's, %d", w.PID, spare.PID)
 				}
-				waitFor(t, settle, "a new spare", func() bool {
-					sp := s.spareStatus()
-					return sp.PID != 0 && sp.PID != spare.PID
-				})
+				waitFor(t, settle, "a new spare", func() bool { return s.newSpare(spare) })
 			} else if w.PID == before.PID || s.launcher.started() != 2 {
 				t.Fatalf("after the crash w0 = %+v, %d workers started; want a second worker", w, s.launcher.started())
 			}
@@ -166,8 +162,7 @@ func TestSupervisionCancelAndKill(t *testing.T) {
 			s := newSupervised(t, Config{Spares: tt.spares})
 			var spare WorkerStatus
 			if tt.spares > 0 {
-				waitFor(t, settle, "the spare", s.spareReady)
-				spare = s.spareStatus()
+				spare = s.readySpare(t)
 			}
 			before := s.slot(t, 0)
 			c := s.start(tt.fault)
@@ -365,17 +360,13 @@ func TestSupervisionIdleDeath(t *testing.T) {
 			s := newSupervised(t, Config{Spares: tt.spares})
 			var spare WorkerStatus
 			if tt.spares > 0 {
-				waitFor(t, settle, "the spare", s.spareReady)
-				spare = s.spareStatus()
+				spare = s.readySpare(t)
 			}
 			before := s.slot(t, 0)
 			switch {
 			case tt.dieSpare:
 				s.launcher.byPID(spare.PID).die()
-				waitFor(t, settle, "a new spare", func() bool {
-					sp := s.spareStatus()
-					return sp.PID != 0 && sp.PID != spare.PID
-				})
+				waitFor(t, settle, "a new spare", func() bool { return s.newSpare(spare) })
 				if w := s.slot(t, 0); w.PID != before.PID || w.Restarts != 0 || w.State != StateReady {
 					t.Fatalf("after the spare died w0 = %+v; want untouched", w)
 				}
@@ -385,10 +376,7 @@ func TestSupervisionIdleDeath(t *testing.T) {
 					w := s.slot(t, 0)
 					return w.PID == spare.PID && w.State == StateReady && w.Restarts == 1
 				})
-				waitFor(t, settle, "a new spare", func() bool {
-					sp := s.spareStatus()
-					return sp.PID != 0 && sp.PID != spare.PID
-				})
+				waitFor(t, settle, "a new spare", func() bool { return s.newSpare(spare) })
 			default:
 				s.launcher.byPID(before.PID).die()
 				waitFor(t, settle, "a fresh worker", func() bool {
@@ -415,8 +403,7 @@ func TestSupervisionStartBackoff(t *testing.T) {
 			s := newSupervised(t, Config{Spares: map[bool]int{false: 0, true: 1}[spare]})
 			dead := s.slot(t, 0)
 			if spare {
-				waitFor(t, settle, "the spare", s.spareReady)
-				dead = s.spareStatus()
+				dead = s.readySpare(t)
 			}
 			waiting := func() bool { // the state the failed start left
 				if spare {
@@ -441,8 +428,7 @@ func TestSupervisionStartBackoff(t *testing.T) {
 			}
 			waitFor(t, settle, "the start after the last backoff", func() bool {
 				if spare {
-					sp := s.spareStatus()
-					return sp.PID != 0 && sp.PID != dead.PID
+					return s.newSpare(dead)
 				}
 				w := s.slot(t, 0)
 				return w.State == StateReady && w.PID != dead.PID
@@ -460,8 +446,7 @@ func TestSupervisionStartBackoff(t *testing.T) {
 // starts on that GPU.
 func TestSupervisionSpareKeepsItsGPU(t *testing.T) {
 	s := newSupervised(t, Config{Workers: 2, Spares: 1, GPUs: []string{"0", "1"}})
-	waitFor(t, settle, "the spare", s.spareReady)
-	spare := s.spareStatus()
+	spare := s.readySpare(t)
 	own, other := 0, 1
 	if s.slot(t, 0).GPU != spare.GPU {
 		own, other = 1, 0
@@ -486,10 +471,7 @@ func TestSupervisionSpareKeepsItsGPU(t *testing.T) {
 		w := s.slot(t, own)
 		return w.State == StateReady && w.PID == spare.PID
 	})
-	waitFor(t, settle, "a new spare", func() bool {
-		sp := s.spareStatus()
-		return sp.PID != 0 && sp.PID != spare.PID
-	})
+	waitFor(t, settle, "a new spare", func() bool { return s.newSpare(spare) })
 	if sp := s.spareStatus(); sp.GPU != spare.GPU || s.launcher.byPID(sp.PID).gpu != spare.GPU {
 		t.Fatalf("the new spare is on GPU %q; want %s, where the last one went", sp.GPU, spare.GPU)
 	}

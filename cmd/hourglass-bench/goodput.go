@@ -389,46 +389,21 @@ type refusalCostResult struct {
 func (h *harness) refusalCost(d *daemon) (refusalCostResult, error) {
 	req := &hourglassv1.GenerateRequest{Prompt: "bench refusal", Width: proto.Uint32(1024), Height: proto.Uint32(1024),
 		Steps: proto.Uint32(40), Seed: proto.Uint64(5)}
-	r := refusalCostResult{n: pick(h, 3000, 100), conc: 8}
+	r := refusalCostResult{conc: 8}
 	if err := d.waitIdle(h.ctx, 0, 3*time.Minute); err != nil {
 		return r, err
 	}
 	pids := workerPIDs(h.ctx, d)
-	measure := func(n int, call func(context.Context) error) (cpuSplit, int, error) {
-		var mu sync.Mutex
-		left, failures := n, 0
-		var firstErr error
+	dur := pick(h, 1500*time.Millisecond, 100*time.Millisecond)
+	// measure runs call in a closed loop and returns the CPU it cost and
+	// the calls made.
+	measure := func(call func(context.Context) error) (cpuSplit, loadResult) {
 		before := h.cpuNow(d, pids)
-		var wg sync.WaitGroup
-		for range r.conc {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					mu.Lock()
-					if left == 0 || h.ctx.Err() != nil {
-						mu.Unlock()
-						return
-					}
-					left--
-					mu.Unlock()
-					if err := call(h.ctx); err != nil {
-						mu.Lock()
-						failures++
-						if firstErr == nil {
-							firstErr = err
-						}
-						mu.Unlock()
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		return h.cpuNow(d, pids).sub(before), failures, firstErr
+		res := closedLoop(h.ctx, r.conc, dur, call)
+		return h.cpuNow(d, pids).sub(before), res
 	}
-	impossible := 200 * time.Millisecond
-	cpu, _, err := measure(r.n, func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, impossible)
+	cpu, res := measure(func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 		defer cancel()
 		_, err := d.client.Generate(ctx, req)
 		if name := statusName(err); name != "DEADLINE_EXCEEDED DEADLINE_TOO_SHORT" {
@@ -436,21 +411,21 @@ func (h *harness) refusalCost(d *daemon) (refusalCostResult, error) {
 		}
 		return nil
 	})
-	if err != nil {
-		return r, fmt.Errorf("refusal cost: %w", err)
+	if res.errors() > 0 || res.ok == 0 {
+		return r, fmt.Errorf("refusal cost: %d of %d calls not refused DEADLINE_TOO_SHORT (%v)", res.errors(), res.ok+res.errors(), res.errs)
 	}
-	r.perRefusal = cpu.server / time.Duration(r.n)
+	r.n = res.ok
+	r.perRefusal = cpu.server / time.Duration(res.ok)
 	trivial := &hourglassv1.GenerateRequest{Prompt: "bench trivial", Width: proto.Uint32(64), Height: proto.Uint32(64),
 		Steps: proto.Uint32(1), Seed: proto.Uint64(5)}
-	nTrivial := r.n / 3
-	cpu, failures, err := measure(nTrivial, func(ctx context.Context) error {
+	cpu, res = measure(func(ctx context.Context) error {
 		_, err := d.client.Generate(withTimeout(ctx, 30*time.Second), trivial)
 		return err
 	})
-	if failures > 0 {
-		return r, fmt.Errorf("trivial jobs: %d of %d failed: %w", failures, nTrivial, err)
+	if res.errors() > 0 || res.ok == 0 {
+		return r, fmt.Errorf("trivial jobs: %d of %d failed (%v)", res.errors(), res.ok+res.errors(), res.errs)
 	}
-	r.perTrivial = (cpu.server + cpu.workers) / time.Duration(nTrivial)
+	r.perTrivial = (cpu.server + cpu.workers) / time.Duration(res.ok)
 	logf("  refusal: %v of server CPU per call; trivial job: %v of server+worker CPU", r.perRefusal, r.perTrivial)
 	return r, nil
 }
